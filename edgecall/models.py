@@ -1,0 +1,241 @@
+"""Model cards: loading, the bundled-model registry, checksums and chemistry checks.
+
+A model is a folder holding ``card.toml`` and the files it names. The device
+only reads cards; ``tools`` writes them. Card layout (TOML)::
+
+    name = "r941_dsc_v1"
+    description = "..."
+    default = true                 # default model for its chemistry
+    [chemistry]
+    pore = "r9.4.1"                # r9.4.1 | r10.4.1 | r10.4
+    flow_cells = ["FLO-MIN106", "FLO-PRO002"]
+    kits = []                      # empty = any kit
+    sample_rate = 4000             # the rate the network was trained at
+    accepted_sample_rates = [4000, 5000]   # others are resampled to sample_rate
+    measured_sample_rates = [4000]
+    [model]
+    file = "model.onnx"            # fp32 ONNX, input "signal" [N,1,T], output [N,T/stride,C]
+    alphabet = "NACGT"             # index 0 is the CTC blank
+    stride = 3
+    chunk_size = 3600
+    overlap = 600
+    output = "log_softmax"        # or "logits": log_softmax is applied by the decoder
+    [model.variants]               # optional extra files, e.g. int8 = "model.int8.onnx"
+    [normalisation]
+    method = "median_mad"          # or "fixed" with shift/scale in pA
+    clip = 0.0
+    [architecture] ... free-form summary (params, macs_per_sample, ...)
+    [files]                        # sha256 of every file
+    "model.onnx" = "..."
+    [accuracy.<dataset>]           # from tools evaluate
+    median_identity = 0.9
+    [training]
+    command = "..."
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecall.errors import ChemistryMismatch, ModelError
+from edgecall.signal import Normalisation
+from edgecall.types import Read
+
+#: Flow cell product codes per pore chemistry.
+FLOW_CELLS: dict[str, tuple[str, ...]] = {
+    "r9.4.1": ("FLO-MIN106", "FLO-MIN106D", "FLO-MIN107", "FLO-PRO002", "FLO-PRO002M",
+               "FLO-FLG001", "FLO-PRO002-ECO"),
+    "r10.4.1": ("FLO-MIN114", "FLO-PRO114", "FLO-PRO114M", "FLO-PRO114HD", "FLO-FLG114",
+                "FLO-FLG114HD"),
+    "r10.4": ("FLO-MIN112", "FLO-PRO112", "FLO-PRO112M", "FLO-FLG112"),
+}
+
+
+def models_dir() -> Path:
+    """Where bundled models live: $EDGECALL_MODELS or the package's models/ folder."""
+    env = os.environ.get("EDGECALL_MODELS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here / "bundled_models", here.parent / "models"):
+        if cand.is_dir():
+            return cand
+    return here / "bundled_models"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A loaded model card; paths are resolved against the model folder."""
+
+    name: str
+    folder: Path
+    pore: str
+    flow_cells: tuple[str, ...]
+    kits: tuple[str, ...]
+    sample_rate: int
+    accepted_sample_rates: tuple[int, ...]
+    file: str
+    alphabet: str
+    stride: int
+    chunk_size: int
+    overlap: int
+    output: str
+    norm: Normalisation
+    default: bool = False
+    variants: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def onnx_path(self) -> Path:
+        """The fp32 ONNX file."""
+        return self.folder / self.file
+
+    def variant_path(self, name: str) -> Path:
+        """Path of a named variant file (``fp32`` is the main file)."""
+        if name in ("fp32", ""):
+            return self.onnx_path
+        if name not in self.variants:
+            raise ModelError(f"model {self.name}: no {name!r} variant "
+                             f"(has: fp32, {', '.join(self.variants) or 'none'})")
+        return self.folder / self.variants[name]
+
+    @property
+    def accuracy(self) -> dict[str, Any]:
+        """Measured accuracy tables keyed by dataset name."""
+        return dict(self.raw.get("accuracy", {}))
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Load ``card.toml`` from a model folder (or the card file itself)."""
+    p = Path(path)
+    card_file = p / "card.toml" if p.is_dir() else p
+    if not card_file.is_file():
+        raise ModelError(f"{card_file}: no model card (card.toml) found")
+    try:
+        raw = tomllib.loads(card_file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{card_file}: not a valid TOML model card: {exc}") from None
+    try:
+        return _card_from_dict(raw, card_file.parent)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{card_file}: bad model card: missing or invalid {exc}") from None
+
+
+def _card_from_dict(raw: dict[str, Any], folder: Path) -> ModelCard:
+    """Build a :class:`ModelCard` from parsed TOML."""
+    chem, model, norm = raw["chemistry"], raw["model"], raw.get("normalisation", {})
+    rate = int(chem["sample_rate"])
+    card = ModelCard(
+        name=str(raw["name"]), folder=folder, pore=str(chem["pore"]).lower(),
+        flow_cells=tuple(chem.get("flow_cells", FLOW_CELLS.get(chem["pore"], ()))),
+        kits=tuple(k.lower() for k in chem.get("kits", ())),
+        sample_rate=rate,
+        accepted_sample_rates=tuple(int(r) for r in chem.get("accepted_sample_rates", [rate])),
+        file=str(model["file"]), alphabet=str(model.get("alphabet", "NACGT")),
+        stride=int(model["stride"]), chunk_size=int(model["chunk_size"]),
+        overlap=int(model["overlap"]), output=str(model.get("output", "log_softmax")),
+        norm=Normalisation(method=str(norm.get("method", "median_mad")),
+                           shift=float(norm.get("shift", 0.0)),
+                           scale=float(norm.get("scale", 1.0)),
+                           clip=float(norm.get("clip", 0.0))),
+        default=bool(raw.get("default", False)),
+        variants={str(k): str(v) for k, v in model.get("variants", {}).items()},
+        files={str(k): str(v) for k, v in raw.get("files", {}).items()}, raw=raw)
+    if card.output not in ("log_softmax", "logits"):
+        raise ValueError("model.output")
+    return card
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(card: ModelCard, file: str | None = None) -> None:
+    """Check the sha256 of the card's model file(s); raise ModelError on mismatch."""
+    names = [file] if file else list(card.files)
+    for name in names:
+        want = card.files.get(name)
+        path = card.folder / name
+        if not path.is_file():
+            raise ModelError(f"model {card.name}: file {path} is missing")
+        if want and sha256_file(path) != want:
+            raise ModelError(f"model {card.name}: {path} does not match the sha256 in its card "
+                             "(corrupt or modified file)")
+
+
+def bundled() -> list[ModelCard]:
+    """All bundled models (folders with a card.toml), sorted by name."""
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    cards = []
+    for sub in sorted(root.iterdir()):
+        if (sub / "card.toml").is_file():
+            cards.append(load_card(sub))
+    return cards
+
+
+def resolve(spec: str | None) -> ModelCard | None:
+    """A card from a name, a folder or a card path; ``None`` means pick by chemistry."""
+    if not spec:
+        return None
+    p = Path(spec)
+    if p.exists():
+        return load_card(p)
+    for card in bundled():
+        if card.name == spec:
+            return card
+    names = ", ".join(c.name for c in bundled()) or "none bundled"
+    raise ModelError(f"unknown model {spec!r} (bundled: {names}; or give a model folder)")
+
+
+def pore_of(read: Read) -> str:
+    """The pore chemistry of a read from its flow cell code ('' if unknown)."""
+    fc = read.run.flow_cell_product_code.upper()
+    for pore, codes in FLOW_CELLS.items():
+        if fc in codes:
+            return pore
+    return ""
+
+
+def select_for(read: Read) -> ModelCard:
+    """The default bundled model for a read's chemistry (flow cell, kit, sample rate)."""
+    pore = pore_of(read)
+    cards = bundled()
+    if not cards:
+        raise ModelError("no trained model is bundled with this installation; "
+                         "give one with --model PATH")
+    matches = [c for c in cards if c.pore == pore and read.sample_rate in c.accepted_sample_rates]
+    if not matches:
+        have = "; ".join(f"{c.name} ({c.pore}, {'/'.join(map(str, c.accepted_sample_rates))} Hz)"
+                         for c in cards)
+        raise ChemistryMismatch(
+            f"no bundled model for {pore or 'unknown chemistry'} "
+            f"(flow cell {read.run.flow_cell_product_code or '?'}, {read.sample_rate} Hz); "
+            f"bundled: {have}")
+    defaults = [c for c in matches if c.default]
+    return (defaults or matches)[0]
+
+
+def check_compatible(card: ModelCard, read: Read) -> None:
+    """Raise ChemistryMismatch if ``read`` cannot be called with ``card``."""
+    pore = pore_of(read)
+    if pore and pore != card.pore:
+        raise ChemistryMismatch(
+            f"read {read.read_id} is {pore} (flow cell {read.run.flow_cell_product_code}) "
+            f"but model {card.name} is for {card.pore}")
+    if read.sample_rate not in card.accepted_sample_rates:
+        raise ChemistryMismatch(
+            f"read {read.read_id} is sampled at {read.sample_rate} Hz but model {card.name} "
+            f"accepts {', '.join(map(str, card.accepted_sample_rates))} Hz")
