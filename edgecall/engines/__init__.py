@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+
 from edgecall.engines.base import Engine
-from edgecall.errors import ModelError
+from edgecall.errors import ModelError, UnsupportedGraph
 from edgecall.models import ModelCard
 
-ENGINES = ("onnx", "native", "tflite")
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "onnx", "native", "tflite")
 
 
 def create(name: str, card: ModelCard, *, threads: int = 0, variant: str = "fp32") -> Engine:
-    """Instantiate engine ``name`` for ``card``; heavy imports happen here."""
+    """Instantiate engine ``name`` for ``card``; heavy imports happen here.
+
+    ``auto`` is the native engine when its kernels are built and it supports
+    the model's graph, otherwise onnxruntime; the choice is logged.
+    """
+    if name == "auto":
+        try:
+            return create("native", card, threads=threads, variant=variant)
+        except (ImportError, UnsupportedGraph) as exc:
+            log.info("native engine not used for %s (%s); using onnxruntime", card.name, exc)
+            return create("onnx", card, threads=threads, variant=variant)
     if name == "onnx":
         from edgecall.engines.onnx import OnnxEngine
         return OnnxEngine.from_model(card, threads=threads, variant=variant)

@@ -1,0 +1,166 @@
+"""Tests for edgecall.io: pod5 reading, bad-input detection, FASTQ/SAM/BAM writing."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pysam
+import pytest
+
+from edgecall.errors import InputError
+from edgecall.io import reader, writer
+from edgecall.types import CalledRead, Failed, Read, RunMeta
+
+
+def _called(i: int, n: int = 12) -> CalledRead:
+    rng = np.random.default_rng(i)
+    seq = "".join(rng.choice(list("ACGT"), n))
+    qual = "".join(chr(33 + int(q)) for q in rng.integers(2, 40, n))
+    moves = np.zeros(3 * n, np.uint8)
+    moves[::3] = 1
+    return CalledRead(read_id=f"read-{i}", sequence=seq, quality=qual, moves=moves, stride=5,
+                      num_samples=15 * n, trimmed_samples=0, mean_qscore=12.5 + i,
+                      sample_rate=4000, channel=7 + i, read_number=i, start_sample=100 * i,
+                      run=RunMeta())
+
+
+@pytest.mark.parametrize("ext", [".fastq", ".fastq.gz", ".sam", ".bam"])
+def test_round_trip(tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"calls{ext}"
+    reads = [_called(i, 10 + i) for i in range(5)]
+    with writer.open_writer(out, model_name="m1", sample_rate=4000, command_line="edgecall x") as w:
+        for r in reads:
+            w.write(r)
+    assert out.is_file() and not list(tmp_path.glob(".*.tmp"))
+    if ext.startswith(".fastq"):
+        recs = list(pysam.FastxFile(str(out)))
+        assert [r.name for r in recs] == [r.read_id for r in reads]
+        assert [r.sequence for r in recs] == [r.sequence for r in reads]
+        assert [r.quality for r in recs] == [r.quality for r in reads]
+        assert "qs:f:12.50" in recs[0].comment and "RG:Z:m1" in recs[0].comment
+        if ext.endswith(".gz"):
+            assert gzip.open(out).read(1) == b"@"
+        return
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        hdr = f.header.to_dict()
+        assert hdr["RG"][0]["ID"] == "m1" and "basecall_model=m1" in hdr["RG"][0]["DS"]
+        assert hdr["PG"][0]["PN"] == "edgecall" and hdr["PG"][0]["CL"] == "edgecall x"
+        got = list(f.fetch(until_eof=True))
+    assert [g.query_name for g in got] == [r.read_id for r in reads]
+    for g, r in zip(got, reads):
+        assert g.is_unmapped and g.query_sequence == r.sequence
+        assert pysam.qualities_to_qualitystring(g.query_qualities) == r.quality
+        assert g.get_tag("qs") == pytest.approx(r.mean_qscore)
+        assert g.get_tag("ns") == r.num_samples and g.get_tag("ts") == 0
+        mv = list(g.get_tag("mv"))
+        assert mv[0] == r.stride and mv[1:] == r.moves.tolist()
+        assert sum(mv[1:]) == len(r.sequence)
+        assert g.get_tag("RG") == "m1" and g.get_tag("ch") == r.channel
+
+
+def test_interrupted_write_leaves_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "calls.bam"
+    with pytest.raises(RuntimeError):
+        with writer.open_writer(out, model_name="m") as w:
+            w.write(_called(0))
+            raise RuntimeError("boom")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_existing_output_survives_interrupted_rewrite(tmp_path: Path) -> None:
+    out = tmp_path / "calls.fastq"
+    out.write_text("previous complete file\n")
+    with pytest.raises(KeyboardInterrupt):
+        with writer.open_writer(out, model_name="m") as w:
+            w.write(_called(0))
+            raise KeyboardInterrupt
+    assert out.read_text() == "previous complete file\n"
+
+
+def test_bad_extension_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="extension"):
+        writer.open_writer(tmp_path / "calls.txt", model_name="m")
+    with pytest.raises(InputError, match="does not exist"):
+        writer.open_writer(tmp_path / "nope" / "calls.fastq", model_name="m")
+    assert writer.format_for(tmp_path / "x.txt", "sam") == ("sam", False)
+
+
+def test_reads_coded_pod5(coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    path, seqs = coded_pod5
+    items = list(reader.iter_reads([path]))
+    assert all(isinstance(r, Read) for r in items)
+    assert [r.read_id for r in items] == list(seqs)
+    r = items[0]
+    assert r.sample_rate == 4000 and r.run.flow_cell_product_code == "FLO-MIN106"
+    assert r.signal.dtype == np.int16 and r.channel == 1
+    assert reader.check_pod5(path) == len(seqs)
+
+
+def test_read_ids_and_max_reads(coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    path, seqs = coded_pod5
+    want = set(list(seqs)[2:5])
+    got = [r.read_id for r in reader.iter_reads([path], read_ids=want)]
+    assert set(got) == want
+    assert len(list(reader.iter_reads([path, path], max_reads=10))) == 10
+
+
+def test_find_pod5(tmp_path: Path, coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(coded_pod5[0], tmp_path / "a" / "x.pod5")
+    shutil.copy(coded_pod5[0], tmp_path / "a" / "b" / "y.pod5")
+    assert [p.name for p in reader.find_pod5([tmp_path / "a"])] == ["x.pod5"]
+    assert len(reader.find_pod5([tmp_path / "a"], recursive=True)) == 2
+    with pytest.raises(InputError, match="no such file"):
+        reader.find_pod5([tmp_path / "missing.pod5"])
+
+
+def _bad_files(tmp_path: Path, good: Path) -> dict[str, Path]:
+    data = good.read_bytes()
+    files = {"empty": tmp_path / "empty.pod5", "text": tmp_path / "text.pod5",
+             "truncated": tmp_path / "truncated.pod5", "corrupt": tmp_path / "corrupt.pod5"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("@read\nACGT\n+\n!!!!\n")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    mid = bytearray(data)
+    mid[len(mid) // 2: len(mid) // 2 + 2048] = b"\xff" * 2048
+    files["corrupt"].write_bytes(bytes(mid))
+    return files
+
+
+def test_bad_files_are_reported_not_fatal(tmp_path: Path,
+                                          coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    bad = _bad_files(tmp_path, coded_pod5[0])
+    for kind in ("empty", "text", "truncated"):
+        items = list(reader.iter_reads([bad[kind], coded_pod5[0]]))
+        assert isinstance(items[0], Failed) and str(bad[kind]) in items[0].reason
+        assert sum(isinstance(i, Read) for i in items) == len(coded_pod5[1])
+        with pytest.raises(InputError, match=str(bad[kind].name)):
+            reader.check_pod5(bad[kind])
+    items = list(reader.iter_reads([bad["corrupt"]]))
+    assert any(isinstance(i, Failed) for i in items)
+    assert all(str(bad["corrupt"]) in i.reason for i in items if isinstance(i, Failed))
+    with pytest.raises(InputError, match="corrupt"):
+        reader.check_pod5(bad["corrupt"])
+    with pytest.raises(InputError, match="truncated"):
+        reader.check_pod5(bad["truncated"])
+    with pytest.raises(InputError, match="not a pod5"):
+        reader.check_pod5(bad["text"])
+
+
+@pytest.mark.realdata
+def test_real_pod5_files(shared_data: Path) -> None:
+    files = reader.find_pod5([shared_data], recursive=True)
+    assert len(files) >= 10
+    n = 0
+    for item in reader.iter_reads(files):
+        assert isinstance(item, Read), getattr(item, "reason", "")
+        assert item.sample_rate in (4000, 5000) and item.num_samples > 0
+        pa = item.signal_pa()
+        assert 20 < float(np.median(pa)) < 200, item.read_id  # open-pore/strand current in pA
+        n += 1
+    assert n > 150
+    ecoli = next(reader.iter_reads([shared_data / "r9.4.1/ecoli/reads.pod5"]))
+    assert ecoli.run.flow_cell_product_code == "FLO-MIN106" and ecoli.sample_rate == 4000
