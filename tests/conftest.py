@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def coded_pod5(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A pod5 whose reads the level model decodes to known sequences."""
     path = tmp_path_factory.mktemp("pod5") / "coded.pod5"
-    seqs = modelkit.make_coded_pod5(path, 8, seed=1, min_len=20, max_len=400)
+    seqs = modelkit.make_coded_pod5(path, 8, seed=1, min_len=80, max_len=400)
     return path, seqs
 
 

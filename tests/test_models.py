@@ -1,0 +1,54 @@
+"""Model cards: parsing, errors, chemistry selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import modelkit
+from edgecall import models
+from edgecall.errors import ChemistryMismatch, ModelError
+from edgecall.types import Read, RunMeta
+
+import numpy as np
+
+
+def _read(fc: str, rate: int) -> Read:
+    return Read("r", np.zeros(10, np.int16), 0.0, 1.0, rate,
+                run=RunMeta(flow_cell_product_code=fc, sample_rate=rate))
+
+
+def test_card_fields(tmp_path: Path) -> None:
+    card = models.load_card(modelkit.make_test_model(tmp_path / "m", stride=4))
+    assert card.stride == 4 and card.alphabet == "NACGT" and card.pore == "r9.4.1"
+    assert card.norm.method == "fixed" and card.onnx_path.is_file()
+    models.verify(card)
+    with pytest.raises(ModelError, match="no 'int8' variant"):
+        card.variant_path("int8")
+
+
+def test_bad_cards(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model card"):
+        models.load_card(tmp_path)
+    (tmp_path / "card.toml").write_text("name = [")
+    with pytest.raises(ModelError, match="not a valid TOML"):
+        models.load_card(tmp_path)
+    (tmp_path / "card.toml").write_text('name = "x"\n[model]\nfile = "m.onnx"\n')
+    with pytest.raises(ModelError, match="missing or invalid 'chemistry'"):
+        models.load_card(tmp_path)
+
+
+def test_pore_of_and_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert models.pore_of(_read("FLO-MIN106", 4000)) == "r9.4.1"
+    assert models.pore_of(_read("FLO-PRO114M", 5000)) == "r10.4.1"
+    assert models.pore_of(_read("", 4000)) == ""
+    modelkit.make_test_model(tmp_path / "r10", pore="r10.4.1", name="r10",
+                             sample_rate=5000, accepted=(4000, 5000))
+    monkeypatch.setenv("EDGECALL_MODELS", str(tmp_path))
+    assert models.select_for(_read("FLO-PRO114M", 4000)).name == "r10"
+    with pytest.raises(ChemistryMismatch, match="no bundled model for r9.4.1"):
+        models.select_for(_read("FLO-MIN106", 4000))
+    assert models.resolve("r10").name == "r10"
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        models.resolve("nope")
