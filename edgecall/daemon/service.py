@@ -1,0 +1,543 @@
+"""The ``edgecall serve`` main loop: watch, basecall file by file, journal, report.
+
+One :class:`Service` owns one model instance (a
+:class:`~edgecall.pipeline.Basecaller`) for its whole life and works through
+the journal's pending files one at a time, oldest first::
+
+    watcher.poll ──> journal (pending) ──> Basecaller.call(iter_reads([file]))
+                                                  │
+                                       open_writer (temp name) ──> rename ──> fsync
+                                                  │
+                                           journal (done) ──> metrics, STATUS=, JSONL
+
+The queue is the journal on disk, so memory does not grow with the number of
+files waiting. Signal handlers only set a flag and wake the loop: SIGTERM and
+SIGINT abandon the current file at the next read (its temp output is deleted
+and it stays pending) and the process exits 0; SIGHUP forces a rescan. The
+systemd watchdog is pinged from the loop and between reads only, so a hung
+engine stops the pings and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgecall import __version__
+from edgecall.daemon import files
+from edgecall.daemon.http import MetricsServer, ProcessProbe, parse_addr
+from edgecall.daemon.journal import Journal, journal_path
+from edgecall.daemon.systemd import Notifier
+from edgecall.daemon.watcher import SETTLED, Signature, Watcher
+from edgecall.errors import EdgecallError
+from edgecall.types import CalledRead, Failed, Read
+
+log = logging.getLogger(__name__)
+
+#: errnos on the output side that mean "try again later", not "bad input".
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+_TELEMETRY_MAX_BYTES = 16 << 20
+
+
+class Caller(Protocol):
+    """What the service needs from a basecaller (``edgecall.pipeline.Basecaller``)."""
+
+    def call(self, reads: Iterable[Read | Failed]) -> Iterator[CalledRead | Failed]:
+        """Basecall a stream of reads, in order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``edgecall serve`` is configured with (see ``edgecall serve --help``)."""
+
+    watch: Path
+    output: Path
+    state: Path
+    model: str | None = None
+    engine: str = "onnx"
+    threads: int = 0
+    variant: str = "fp32"
+    batch_size: int = 32
+    fmt: str = "fastq"
+    metrics_addr: str = "127.0.0.1:9464"
+    poll_interval: float = 5.0
+    settle: float = 30.0
+    once: bool = False
+    quarantine: Path | None = None
+    quarantine_move: bool = False
+    max_crashes: int = 3
+    telemetry_interval: float = 60.0
+    command_line: str = ""
+
+
+class _Abandon(Exception):
+    """Stop working on the current file; leave it pending."""
+
+
+class _CorruptInput(Exception):
+    """The input turned out unreadable while being called."""
+
+
+class _FileCounters:
+    """Per-file tallies."""
+
+    __slots__ = ("reads", "failed", "bases", "samples")
+
+    def __init__(self) -> None:
+        self.reads = self.failed = self.bases = self.samples = 0
+
+
+def _default_loader(config: ServeConfig, probe: Read | None) -> tuple[Caller, str]:
+    """Load the real Basecaller; returns (caller, model name)."""
+    from edgecall.pipeline import Basecaller
+
+    bc = Basecaller.load(config.model, engine=config.engine, threads=config.threads,
+                         variant=config.variant, batch_size=config.batch_size, probe_read=probe)
+    return bc, bc.card.name
+
+
+def _default_writer(path: Path, fmt: str, model_name: str, command_line: str) -> Any:
+    """The real writer (temp name + atomic rename)."""
+    from edgecall.io.writer import open_writer
+    return open_writer(path, fmt, model_name=model_name, command_line=command_line)
+
+
+def _default_reads(path: Path) -> Iterator[Read | Failed]:
+    """Stream one pod5 file."""
+    from edgecall.io.reader import iter_reads
+    return iter_reads([path])
+
+
+class Service:
+    """The daemon. Build it, then call :meth:`run` from the main thread.
+
+    Parameters
+    ----------
+    config : ServeConfig
+    loader, writer, reads : callables, optional
+        Dependency seams (real basecaller, writer and reader by default).
+    notifier : Notifier, optional
+        systemd notifier (from the environment by default).
+    """
+
+    def __init__(self, config: ServeConfig, *,
+                 loader: Callable[[ServeConfig, Read | None], tuple[Caller, str]] | None = None,
+                 writer: Callable[[Path, str, str, str], Any] | None = None,
+                 reads: Callable[[Path], Iterator[Read | Failed]] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        if config.fmt not in files.EXTENSIONS:
+            raise EdgecallError(f"--format {config.fmt!r}: choose from "
+                                f"{', '.join(files.EXTENSIONS)}")
+        self.config = config
+        self._loader = loader or _default_loader
+        self._writer = writer or _default_writer
+        self._reads = reads or _default_reads
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._rescan = False
+        self._lock = threading.Lock()
+        self._pub: dict[str, Any] = {"state": "starting", "ready": False}
+        self._known: dict[str, Signature | None] = {}
+        self._caller: Caller | None = None
+        self._model_name = config.model or "auto"
+        self._session = {"files": 0, "reads": 0, "failed_reads": 0, "bases": 0, "samples": 0}
+        self._history: deque[tuple[float, int, int]] = deque(maxlen=4096)
+        self._probe = ProcessProbe()
+        self._started = time.time()
+        self._last_scan = -1e18
+        self._last_status = 0.0
+        self._last_telemetry = time.monotonic()
+        self._waiting = 0
+        self._scanned_once = False
+        self.journal: Journal | None = None
+        self.http: MetricsServer | None = None
+        self._lockfile: Any = None
+        self._backoff_until = 0.0
+        self.exit_reason = ""
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop (safe from signal handlers and other threads)."""
+        self.exit_reason = self.exit_reason or reason
+        self._stop.set()
+        self._wake.set()
+
+    def request_rescan(self) -> None:
+        """Ask the loop to rescan the watch folder now."""
+        self._rescan = True
+        self._wake.set()
+
+    def run(self) -> int:
+        """Start up, loop until stopped (or, with ``once``, until idle), shut down."""
+        try:
+            self._startup()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _startup(self) -> None:
+        """Lock the state, recover the journal, clean temps, serve metrics, load the model."""
+        cfg = self.config
+        for folder in (cfg.state, cfg.output):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._lockfile = files.acquire_lock(cfg.state)
+        self.journal = Journal(journal_path(cfg.state))
+        for rel in self.journal.recover():
+            log.warning("%s: was interrupted; will be redone from scratch", rel)
+        self._quarantine_crashers()
+        for path in files.remove_stale_temps(cfg.output):
+            log.info("removed stale temporary output %s", path)
+        for entry in self.journal.entries():
+            quarantined = entry.state == "quarantined"
+            self._known[entry.path] = (entry.size, entry.mtime_ns) if quarantined else SETTLED
+        exclude = [p for p in (cfg.output, cfg.state, cfg.quarantine) if p is not None]
+        self.watcher = Watcher(cfg.watch, settle=cfg.settle, exclude=exclude)
+        if not cfg.watch.is_dir():
+            log.warning("%s: watch folder does not exist yet; waiting for it", cfg.watch)
+        self._start_http()
+        if cfg.model is not None:
+            self._load(None)
+        self._publish(state="idle", ready=True)
+        self.notifier.ready(self._status_line())
+        self.notifier.watchdog()
+        self._telemetry("start")
+        log.info("watching %s -> %s (model %s, engine %s)", cfg.watch, cfg.output,
+                 self._model_name, cfg.engine)
+
+    def _start_http(self) -> None:
+        """Bind the metrics endpoint (if enabled) and record its address in the state folder."""
+        addr = parse_addr(self.config.metrics_addr)
+        if addr is None:
+            return
+        try:
+            self.http = MetricsServer(addr[0], addr[1], self.status).start()
+        except OSError as exc:
+            raise EdgecallError(f"--metrics-addr {self.config.metrics_addr}: cannot listen: "
+                                f"{exc.strerror or exc}") from None
+        (self.config.state / "metrics.url").write_text(self.http.url + "\n")
+        log.info("metrics at %s/metrics, status at %s/status", self.http.url, self.http.url)
+
+    def _load(self, probe: Read | None) -> None:
+        """Load the one model instance used for the daemon's life."""
+        t0 = time.monotonic()
+        self._caller, self._model_name = self._loader(self.config, probe)
+        log.info("model %s loaded in %.1f s", self._model_name, time.monotonic() - t0)
+        self._publish(model=self._model_name)
+
+    def _quarantine_crashers(self) -> None:
+        """Quarantine files that were in progress during too many crashes."""
+        assert self.journal is not None
+        for entry in self.journal.entries("pending"):
+            if entry.crashes >= self.config.max_crashes:
+                self._quarantine(entry.path, f"{entry.path}: interrupted by {entry.crashes} "
+                                 "daemon crashes/restarts while being basecalled",
+                                 entry.size, entry.mtime_ns)
+
+    def _shutdown(self) -> None:
+        """Tell systemd, stop serving, close the journal and the lock."""
+        self._publish(state="stopping")
+        self.notifier.stopping(f"stopping: {self.exit_reason or 'done'}")
+        if self.journal is not None:
+            self._telemetry("stop")
+        if self.http is not None:
+            self.http.stop()
+        if self.journal is not None:
+            self.journal.close()
+        if self._lockfile is not None:
+            self._lockfile.close()
+        self.notifier.close()
+
+    # -- the loop --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        """Scan, process the oldest pending file, or wait; until stopped."""
+        assert self.journal is not None
+        while not self._stop.is_set():
+            self._tick()
+            entry = None if time.monotonic() < self._backoff_until else self.journal.next_pending()
+            if entry is not None:
+                self._process(entry.path, entry.size, entry.mtime_ns)
+                continue
+            if self.config.once and self._waiting == 0 and self._scanned_once:
+                self.exit_reason = "--once: nothing left to do"
+                break
+            self._idle()
+
+    def _tick(self) -> None:
+        """Periodic work: rescan, watchdog, STATUS=, telemetry."""
+        now = time.monotonic()
+        if self._rescan or now - self._last_scan >= self.config.poll_interval:
+            self._rescan = False
+            self._last_scan = now
+            self._scan()
+            self._scanned_once = True
+        self.notifier.keepalive()
+        if now - self._last_status >= 2.0:
+            self._last_status = now
+            self.notifier.status(self._status_line())
+        if now - self._last_telemetry >= self.config.telemetry_interval:
+            self._last_telemetry = now
+            self._telemetry("sample")
+
+    def _idle(self) -> None:
+        """Sleep until the next poll, a signal, or a due watchdog ping."""
+        timeout = self.config.poll_interval
+        if self.notifier.watchdog_timeout:
+            timeout = min(timeout, self.notifier.watchdog_timeout / 4)
+        self._publish(state="idle", current=None)
+        self._wake.wait(max(0.01, timeout))
+        self._wake.clear()
+
+    def _scan(self) -> None:
+        """Poll the watch folder; queue ready files, quarantine corrupt ones."""
+        assert self.journal is not None
+        result = self.watcher.poll(self._known)
+        for cand in result.ready:
+            self.journal.add_pending(cand.rel, cand.size, cand.mtime_ns, cand.reads)
+            self._known[cand.rel] = SETTLED
+            log.info("%s: complete (%d reads), queued", cand.rel, cand.reads)
+        for bad in result.corrupt:
+            self._quarantine(bad.rel, bad.reason, bad.size, bad.mtime_ns)
+        self._waiting = result.waiting
+        self._publish(counts=self.journal.counts(), waiting=result.waiting)
+
+    # -- one file ----------------------------------------------------------------
+
+    def _process(self, rel: str, size: int, mtime_ns: int) -> None:
+        """Basecall one input into its mirrored output, then mark it done."""
+        assert self.journal is not None
+        cfg = self.config
+        src = cfg.watch / rel
+        out = files.output_path(cfg.output, rel, cfg.fmt)
+        if not src.is_file():
+            self._quarantine(rel, f"{src}: input vanished before it was basecalled", size, mtime_ns)
+            return
+        self.journal.start(rel)
+        self._publish(state="calling", current=rel, counts=self.journal.counts())
+        counters = _FileCounters()
+        t0 = time.monotonic()
+        log.info("%s: basecalling -> %s", rel, out)
+        try:
+            if self._caller is None:
+                self._load(self._probe_read(src))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with self._writer(out, cfg.fmt, self._model_name, cfg.command_line) as writer:
+                self._call_into(src, writer, counters, rel)
+            files.fsync_file(out)
+        except _Abandon as exc:
+            self.journal.abandon(rel, str(exc))
+            log.warning("%s: abandoned (%s); it stays queued", rel, exc)
+        except _CorruptInput as exc:
+            self._quarantine(rel, str(exc), size, mtime_ns)
+        except OSError as exc:
+            self._output_failed(rel, out, exc)
+        except EdgecallError as exc:
+            self._quarantine(rel, str(exc), size, mtime_ns)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the daemon
+            log.exception("%s: unexpected error while basecalling", rel)
+            self._quarantine(rel, f"{src}: basecalling failed: {type(exc).__name__}: {exc}",
+                             size, mtime_ns)
+        else:
+            self._finish(rel, out, counters, time.monotonic() - t0)
+        self._publish(current=None, counts=self.journal.counts())
+
+    def _call_into(self, src: Path, writer: Any, counters: _FileCounters, rel: str) -> None:
+        """Stream ``src`` through the basecaller into ``writer``; honour the stop flag."""
+        assert self._caller is not None
+        stream = self._caller.call(self._reads(src))
+        with contextlib.closing(stream):  # type: ignore[type-var]
+            for item in stream:
+                if isinstance(item, Failed):
+                    if not item.read_id:
+                        raise _CorruptInput(item.reason)
+                    counters.failed += 1
+                    log.warning("%s: read %s failed: %s", rel, item.read_id, item.reason)
+                else:
+                    writer.write(item)
+                    self._count(counters, item)
+                if self._stop.is_set():
+                    raise _Abandon(self.exit_reason or "stop requested")
+                self._tick()
+                self._publish(current_reads=counters.reads)
+
+    def _count(self, counters: _FileCounters, item: CalledRead) -> None:
+        """Add one called read to the file and session tallies."""
+        bases = len(item.sequence)
+        counters.reads += 1
+        counters.bases += bases
+        counters.samples += int(item.num_samples)
+        with self._lock:
+            s = self._session
+            s["reads"] += 1
+            s["bases"] += bases
+            s["samples"] += int(item.num_samples)
+            self._history.append((time.monotonic(), s["samples"], s["bases"]))
+
+    def _probe_read(self, src: Path) -> Read | None:
+        """First read of ``src``, to pick a bundled model by chemistry."""
+        for item in self._reads(src):
+            if isinstance(item, Read):
+                return item
+            if not item.read_id:
+                raise _CorruptInput(item.reason)
+        return None
+
+    def _finish(self, rel: str, out: Path, c: _FileCounters, seconds: float) -> None:
+        """Journal the file as done and report it."""
+        assert self.journal is not None
+        entry = self.journal.get(rel)
+        self.journal.finish(rel, output=str(out.relative_to(self.config.output)), reads=c.reads,
+                            failed_reads=c.failed, bases=c.bases, samples=c.samples,
+                            seconds=seconds)
+        with self._lock:
+            self._session["files"] += 1
+            self._session["failed_reads"] += c.failed
+        expected = entry.expected_reads if entry else None
+        if expected is not None and expected != c.reads + c.failed:
+            log.warning("%s: %d reads in the file but %d called + %d failed", rel, expected,
+                        c.reads, c.failed)
+        rate = c.samples / seconds if seconds > 0 else 0.0
+        log.info("%s: done, %d reads, %d bases, %.0f samples/s", rel, c.reads, c.bases, rate)
+        self._telemetry("file", file=rel, reads=c.reads, failed_reads=c.failed, bases=c.bases,
+                        samples=c.samples, seconds=round(seconds, 3))
+
+    def _output_failed(self, rel: str, out: Path, exc: OSError) -> None:
+        """An I/O error: output-side ones back off and retry; others quarantine the input."""
+        assert self.journal is not None
+        if exc.errno in _OUTPUT_ERRNOS:
+            self.journal.abandon(rel, f"{out}: {exc.strerror or exc}")
+            self._backoff_until = time.monotonic() + max(30.0, self.config.poll_interval)
+            log.error("%s: cannot write %s: %s; retrying in 30 s", rel, out, exc.strerror or exc)
+        else:
+            self._quarantine(rel, f"{self.config.watch / rel}: I/O error: {exc.strerror or exc}")
+
+    def _quarantine(self, rel: str, reason: str, size: int = 0, mtime_ns: int = 0) -> None:
+        """Record ``rel`` as corrupt (and link/move it to the quarantine folder)."""
+        assert self.journal is not None
+        self.journal.quarantine(rel, reason, size, mtime_ns)
+        self._known[rel] = (size, mtime_ns)
+        log.error("quarantined %s: %s", rel, reason)
+        if self.config.quarantine is not None:
+            src = self.config.watch / rel
+            if src.is_file():
+                files.place_in_quarantine(src, self.config.quarantine, rel, reason,
+                                          self.config.quarantine_move)
+        self._telemetry("quarantine", file=rel, reason=reason)
+
+    # -- reporting ---------------------------------------------------------------
+
+    def _publish(self, **fields: Any) -> None:
+        """Update the status the HTTP thread reads."""
+        with self._lock:
+            self._pub.update(fields)
+
+    def _rates(self) -> tuple[float, float]:
+        """Samples/s and bases/s over the last minute of work (call under the lock)."""
+        now = time.monotonic()
+        recent = [h for h in self._history if now - h[0] <= 60.0]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0, 0.0
+        dt = recent[-1][0] - recent[0][0]
+        return (recent[-1][1] - recent[0][1]) / dt, (recent[-1][2] - recent[0][2]) / dt
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (thread-safe): files, totals, rates, process figures."""
+        with self._lock:
+            pub = dict(self._pub)
+            session = dict(self._session)
+            sps, bps = self._rates()
+        counts = pub.get("counts") or {}
+        return {
+            "version": __version__, "model": self._model_name, "engine": self.config.engine,
+            "state": pub.get("state"), "up": True, "ready": bool(pub.get("ready")),
+            "pid": os.getpid(), "uptime_s": round(time.time() - self._started, 3),
+            "watch": str(self.config.watch), "output": str(self.config.output),
+            "current_file": pub.get("current"), "current_reads": pub.get("current_reads", 0)
+            if pub.get("current") else 0,
+            "files": {"done": counts.get("done", 0), "queued": counts.get("pending", 0),
+                      "running": counts.get("running", 0),
+                      "quarantined": counts.get("quarantined", 0),
+                      "waiting": int(pub.get("waiting") or 0)},
+            "session": session,
+            "journal": pub.get("journal_totals") or {},
+            "rate": {"samples_per_s": round(sps, 1), "bases_per_s": round(bps, 1)},
+            "process": self._probe.snapshot(),
+        }
+
+    def _status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        st = self.status()
+        f = st["files"]
+        head = (f"calling {st['current_file']} ({st['current_reads']} reads)"
+                if st["current_file"] else "idle")
+        return (f"{head}; {f['done']} done, {f['queued']} queued, {f['waiting']} waiting, "
+                f"{f['quarantined']} quarantined; {st['rate']['samples_per_s']:.0f} samples/s")
+
+    def _telemetry(self, event: str, **extra: Any) -> None:
+        """Append one record to ``state/telemetry.jsonl`` (rotated at 16 MiB)."""
+        assert self.journal is not None
+        self._publish(journal_totals=self.journal.totals())
+        st = self.status()
+        record = {"time": round(time.time(), 3), "event": event, "model": st["model"],
+                  "files": st["files"], "session": st["session"], "rate": st["rate"],
+                  "process": st["process"], **extra}
+        path = self.config.state / "telemetry.jsonl"
+        try:
+            if path.exists() and path.stat().st_size > _TELEMETRY_MAX_BYTES:
+                os.replace(path, path.with_name(path.name + ".1"))
+            _append_jsonl(path, record)
+        except OSError as exc:
+            log.warning("%s: cannot append telemetry: %s", path, exc.strerror or exc)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append via edgecall.telemetry when present, else a plain JSON line."""
+    try:
+        from edgecall.telemetry import append_jsonl  # type: ignore[attr-defined]
+    except ImportError:
+        import json
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        return
+    append_jsonl(path, record)
+
+
+@contextlib.contextmanager
+def signals_to(service: Service) -> Iterator[None]:
+    """Route SIGTERM/SIGINT (stop) and SIGHUP (rescan) to ``service`` while inside."""
+    def stop(signum: int, _frame: object) -> None:
+        service.request_stop(f"received {signal.Signals(signum).name}")
+
+    def rescan(_signum: int, _frame: object) -> None:
+        service.request_rescan()
+
+    handlers = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: rescan}
+    previous = {sig: signal.signal(sig, fn) for sig, fn in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def serve(config: ServeConfig, **seams: Any) -> int:
+    """Run the daemon in this (main) thread until SIGTERM/SIGINT; return the exit code."""
+    service = Service(config, **seams)
+    with signals_to(service):
+        code = service.run()
+    log.info("stopped: %s", service.exit_reason or "done")
+    return code
