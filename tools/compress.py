@@ -1,0 +1,369 @@
+"""Shared pieces of the compression tools (prune, quantize, tflite-export, report).
+
+* student files: :func:`load_student` reads a training checkpoint (``tools train``)
+  or a compressed student written by :func:`save_student`; pruned students
+  have per-layer widths, rebuilt from the state dict's shapes;
+* :class:`FoldedNet`: a student with every BatchNorm folded into the preceding
+  convolution (what is exported and quantised);
+* :func:`export_onnx`: the model contract of ``edgecall`` (opset 17, input
+  ``signal`` ``[N,1,T]``, output ``logprobs`` ``[N,T/stride,5]``);
+* :func:`load_chunks`: normalised real-signal chunks from pod5 files or a
+  ``tools data`` ``.npz`` (calibration and distillation data);
+* :func:`distill`: fine-tune a student against its FP32 parent (KL on the
+  per-frame posteriors, plus CTC when labels exist), with hooks for the
+  pruning penalties and masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecall.errors import InputError, ModelError
+from edgecall.signal import Normalisation, chunk_read, normalise, resample
+from tools.arch import ArchConfig, Block, Student
+
+log = logging.getLogger(__name__)
+
+STATE_KEYS = ("model", "state_dict", "model_state", "student", "ema")
+ARCH_KEYS = ("arch", "cfg", "config", "arch_config")
+
+
+# --------------------------------------------------------------------------- students
+
+def _find(ckpt: dict[str, Any], keys: Sequence[str]) -> Any:
+    """First present key of ``keys`` in ``ckpt`` (None if none)."""
+    for key in keys:
+        if key in ckpt and ckpt[key] is not None:
+            return ckpt[key]
+    return None
+
+
+def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
+    """Load a student (training checkpoint or compressed student file).
+
+    Returns the model in eval mode and the checkpoint's metadata (everything
+    but the weights and optimiser state).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: no such student checkpoint")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors
+        raise ModelError(f"{p}: not a torch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise ModelError(f"{p}: unexpected checkpoint layout ({type(ckpt).__name__})")
+    state, arch = _find(ckpt, STATE_KEYS), _find(ckpt, ARCH_KEYS)
+    if state is None or arch is None:
+        raise ModelError(f"{p}: checkpoint has no model weights and architecture "
+                         f"(keys: {', '.join(map(str, ckpt))})")
+    cfg = arch if isinstance(arch, ArchConfig) else ArchConfig(
+        **{k: v for k, v in dict(arch).items() if k in ArchConfig.__dataclass_fields__})
+    model = Student(cfg)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    resize_like(model, state)
+    model.load_state_dict(state)
+    meta = {k: v for k, v in ckpt.items()
+            if k not in STATE_KEYS and k not in ("optimizer", "optim", "scheduler", "rng")}
+    meta["arch"] = cfg.to_dict()
+    return model.eval(), meta
+
+
+def save_student(model: Student, path: str | Path, **meta: Any) -> Path:
+    """Write a (possibly pruned) student: arch, weights and ``meta``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"arch": model.cfg.to_dict(), "model": model.state_dict(), **meta}, p)
+    return p
+
+
+def resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Shrink ``model``'s conv/BN layers in place to the shapes in ``state`` (pruned)."""
+    for name, mod in list(model.named_modules()):
+        w = state.get(f"{name}.weight")
+        if w is None:
+            continue
+        if isinstance(mod, nn.Conv1d) and tuple(w.shape) != tuple(mod.weight.shape):
+            groups = w.shape[0] if mod.groups > 1 else 1
+            new = nn.Conv1d(w.shape[1] * groups, w.shape[0], mod.kernel_size[0],
+                            stride=mod.stride[0], padding=mod.padding[0], groups=groups,
+                            bias=mod.bias is not None)
+            _set_module(model, name, new)
+        elif isinstance(mod, nn.BatchNorm1d) and w.shape[0] != mod.num_features:
+            _set_module(model, name, nn.BatchNorm1d(w.shape[0]))
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters (dense count)."""
+    return sum(int(p.numel()) for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Non-zero parameters (what unstructured sparsity removes)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def macs_per_sample(model: nn.Module, stride: int) -> float:
+    """Conv multiply-accumulates per input sample (every conv output is at frame rate)."""
+    total = 0.0
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv1d):
+            total += mod.out_channels * (mod.in_channels // mod.groups) * mod.kernel_size[0]
+    return total / stride
+
+
+# --------------------------------------------------------------------------- folding
+
+def fold_conv_bn(conv: nn.Conv1d, bn: nn.Module) -> nn.Conv1d:
+    """A copy of ``conv`` with the (eval-mode) BatchNorm ``bn`` folded into it."""
+    new = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size[0],
+                    stride=conv.stride[0], padding=conv.padding[0], groups=conv.groups,
+                    bias=True)
+    w = conv.weight.detach().clone()
+    b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+    if isinstance(bn, nn.BatchNorm1d):
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight.detach() if bn.affine else torch.ones_like(std)
+        beta = bn.bias.detach() if bn.affine else torch.zeros_like(std)
+        scale = gamma / std
+        w = w * scale[:, None, None]
+        b = (b - bn.running_mean) * scale + beta
+    new.weight.data.copy_(w)
+    new.bias.data.copy_(b)
+    return new
+
+
+class FoldedNet(nn.Module):
+    """A student with BatchNorm folded away: convs, activations, optional residuals.
+
+    ``forward`` matches :class:`tools.arch.Student` in eval mode.
+    """
+
+    def __init__(self, stem: nn.Conv1d, dws: Sequence[nn.Conv1d], pws: Sequence[nn.Conv1d],
+                 skips: Sequence[bool], head: nn.Conv1d, activation: str, stride: int) -> None:
+        super().__init__()
+        self.stem = stem
+        self.dws = nn.ModuleList(dws)
+        self.pws = nn.ModuleList(pws)
+        self.skips = tuple(bool(s) for s in skips)
+        self.head = head
+        self.activation = activation
+        self.stride = stride
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's activation."""
+        if self.activation == "silu":
+            return F.silu(x)
+        if self.activation == "relu6":
+            return F.relu6(x)
+        return F.relu(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 1, T] -> log-probs [N, T/stride, C]."""
+        h = self.act(self.stem(x))
+        for dw, pw, skip in zip(self.dws, self.pws, self.skips, strict=True):
+            y = pw(dw(h))
+            h = self.act(y + h if skip else y)
+        return torch.log_softmax(self.head(h).transpose(1, 2), dim=-1)
+
+    def convs(self) -> list[tuple[str, nn.Conv1d]]:
+        """Every conv in data-path order with its module name."""
+        out: list[tuple[str, nn.Conv1d]] = [("stem", self.stem)]
+        for i, (dw, pw) in enumerate(zip(self.dws, self.pws, strict=True)):
+            out += [(f"dws.{i}", dw), (f"pws.{i}", pw)]
+        return out + [("head", self.head)]
+
+
+def fold(student: Student) -> FoldedNet:
+    """Fold every BatchNorm of an eval-mode student into its convolution."""
+    student = student.eval()
+    blocks: list[Block] = list(student.blocks)
+    return FoldedNet(
+        fold_conv_bn(student.stem, student.stem_bn),
+        [fold_conv_bn(b.dw, b.dw_bn) for b in blocks],
+        [fold_conv_bn(b.pw, b.bn) for b in blocks],
+        [b.skip for b in blocks],
+        fold_conv_bn(student.head, nn.Identity()),
+        student.cfg.activation, student.cfg.stride).eval()
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, length: int = 1200) -> Path:
+    """Export the edgecall model contract (opset 17, dynamic N and T) to ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    stride = int(getattr(model, "stride", None) or model.cfg.stride)  # type: ignore[union-attr]
+    x = torch.zeros(2, 1, (length // stride) * stride)
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(p), input_names=["signal"],
+                          output_names=["logprobs"], opset_version=17, dynamo=False,
+                          dynamic_axes={"signal": {0: "batch", 2: "samples"},
+                                        "logprobs": {0: "batch", 1: "frames"}})
+    return p
+
+
+# --------------------------------------------------------------------------- data
+
+def _pod5_files(sources: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of pod5 files."""
+    files: list[Path] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            files += sorted(src.rglob("*.pod5"))
+        elif src.is_file():
+            files.append(src)
+        else:
+            raise InputError(f"{src}: no such file or folder")
+    return files
+
+
+def load_chunks(sources: Sequence[str | Path], *, chunk_size: int, max_chunks: int = 512,
+                sample_rate: int = 4000, norm: Normalisation | None = None,
+                exclude_reads: set[str] | None = None, seed: int = 0) -> np.ndarray:
+    """Normalised real-signal chunks ``[M, chunk_size]`` float32 for calibration/distillation.
+
+    Parameters
+    ----------
+    sources : sequence of path
+        pod5 files or folders of them, or ``tools data`` ``.npz`` datasets
+        (their ``signal`` array, cropped to ``chunk_size``).
+    chunk_size : int
+        Samples per chunk (non-overlapping, whole chunks only).
+    max_chunks : int
+        At most this many chunks, drawn evenly (seeded) from all of them.
+    sample_rate : int
+        The model's rate; reads at other rates are resampled.
+    norm : Normalisation, optional
+        The model card's normalisation (default median/MAD).
+    exclude_reads : set of str, optional
+        Read ids never used (evaluation reads).
+
+    Raises
+    ------
+    InputError
+        If no source yields a single chunk.
+    """
+    norm = norm or Normalisation("median_mad")
+    exclude = exclude_reads or set()
+    pieces: list[np.ndarray] = []
+    npz = [Path(s) for s in sources if str(s).endswith(".npz")]
+    for path in npz:
+        if not path.is_file():
+            raise InputError(f"{path}: no such dataset")
+        sig = np.load(path)["signal"].astype(np.float32)
+        if sig.shape[1] >= chunk_size:
+            pieces.append(sig[:, :chunk_size])
+    pod5s = [s for s in sources if not str(s).endswith(".npz")]
+    if pod5s:
+        pieces += _pod5_chunks(_pod5_files(pod5s), chunk_size, sample_rate, norm, exclude)
+    if not pieces:
+        raise InputError(f"no calibration chunks of {chunk_size} samples in "
+                         f"{', '.join(map(str, sources)) or 'an empty source list'}")
+    allc = np.concatenate(pieces, axis=0)
+    if allc.shape[0] > max_chunks:
+        idx = np.sort(np.random.default_rng(seed).choice(allc.shape[0], max_chunks,
+                                                         replace=False))
+        allc = allc[idx]
+    return np.ascontiguousarray(allc, dtype=np.float32)
+
+
+def _pod5_chunks(files: list[Path], chunk_size: int, rate: int, norm: Normalisation,
+                 exclude: set[str]) -> list[np.ndarray]:
+    """Whole non-overlapping chunks of every read in ``files``."""
+    import pod5
+
+    out: list[np.ndarray] = []
+    for path in files:
+        try:
+            with pod5.Reader(path) as reader:
+                for rec in reader.reads():
+                    rid = str(rec.read_id)
+                    if rid in exclude:
+                        continue
+                    pa = resample(rec.signal_pa.astype(np.float32),
+                                  int(rec.run_info.sample_rate), rate)
+                    x = normalise(pa, norm)
+                    chunks = [c.signal for c in chunk_read(rid, x, chunk_size, 0)
+                              if c.length == chunk_size]
+                    if chunks:
+                        out.append(np.stack(chunks))
+        except (OSError, RuntimeError) as exc:
+            raise InputError(f"{path}: cannot read pod5 ({exc})") from None
+    return out
+
+
+# --------------------------------------------------------------------------- distillation
+
+def kd_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Mean per-frame KL(teacher || student) of two ``[N, F, C]`` log-posteriors."""
+    kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none").sum(-1)
+    return kl.mean()
+
+
+def distill(student: nn.Module, teacher: nn.Module, chunks: np.ndarray, *, steps: int,
+            batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
+            penalty: Callable[[int], torch.Tensor] | None = None,
+            after_step: Callable[[int], None] | None = None) -> list[float]:
+    """Fine-tune ``student`` to match ``teacher``'s posteriors on ``chunks``.
+
+    Parameters
+    ----------
+    student, teacher : nn.Module
+        Both map ``[N,1,T]`` to log-posteriors ``[N,F,C]``; the teacher is frozen.
+    chunks : ndarray
+        ``[M, T]`` normalised signal.
+    steps : int
+        Optimiser steps (AdamW, cosine-decayed learning rate).
+    penalty : callable, optional
+        ``penalty(step)`` -> a scalar added to the loss (group-sparsity terms).
+    after_step : callable, optional
+        Called after every optimiser step (re-applies pruning masks).
+
+    Returns
+    -------
+    list of float
+        The loss per step.
+    """
+    if chunks.ndim != 2 or chunks.shape[0] == 0:
+        raise InputError("distillation needs a non-empty [M, T] chunk array")
+    rng = np.random.default_rng(seed)
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0)
+    losses: list[float] = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        idx = rng.integers(0, chunks.shape[0], size=min(batch_size, chunks.shape[0]))
+        x = torch.from_numpy(chunks[idx][:, None, :])
+        with torch.no_grad():
+            target = teacher(x)
+        loss = kd_loss(student(x), target)
+        if penalty is not None:
+            loss = loss + penalty(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        losses.append(float(loss.detach()))
+    student.eval()
+    return losses
