@@ -1,0 +1,214 @@
+"""Pure-numpy reference kernels: slow, obviously correct, same signatures as the compiled ones.
+
+Every function here mirrors one in the Cython modules built from ``kernels/``
+(``conv``, ``qconv``, ``ctc``) argument for argument, and writes into ``out``
+the same way. :mod:`edgecall.kernels_backend` selects between the two; the
+tests run both and compare. Activation codes: 0 none, 1 ReLU, 2 Clip(lo, hi),
+3 SiLU. Quantised activations are centered int16 (``q - zero_point``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecall.decode import greedy_ref
+
+ACT_NONE, ACT_RELU, ACT_CLIP, ACT_SILU = 0, 1, 2, 3
+NR = 16  # packed GEMM panel width (columns)
+
+
+def simd() -> str:
+    """Name of the SIMD path (none: numpy)."""
+    return "numpy"
+
+
+def _epilogue(acc: np.ndarray, bias: np.ndarray, res: np.ndarray | None, act: int,
+              lo: float, hi: float) -> np.ndarray:
+    """act(acc + bias (+ res)) in float32."""
+    v = (acc + bias).astype(np.float32)
+    if res is not None:
+        v = v + res
+    if act == ACT_RELU:
+        v = np.maximum(v, 0)
+    elif act == ACT_CLIP:
+        v = np.clip(v, lo, hi)
+    elif act == ACT_SILU:
+        v = v / (1 + np.exp(-v))
+    return v.astype(np.float32)
+
+
+def _windows(x: np.ndarray, k_size: int, stride: int, pad: int, t_out: int) -> np.ndarray:
+    """[N, T, C] -> [N, t_out, K, C] zero-padded sliding windows."""
+    n, t, c = x.shape
+    need = (t_out - 1) * stride + k_size
+    right = max(0, need - pad - t)
+    xp = np.zeros((n, pad + t + right, c), dtype=x.dtype)
+    xp[:, pad:pad + t] = x
+    idx = np.arange(t_out)[:, None] * stride + np.arange(k_size)[None, :]
+    return xp[:, idx, :]
+
+
+def conv_generic(x, w, bias, res, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+    """Grouped conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]``."""
+    g, k, cig, cog = w.shape
+    win = _windows(np.asarray(x), k, stride, pad, out.shape[1])  # [N, To, K, Cin]
+    n, to = win.shape[:2]
+    win = win.reshape(n, to, k, g, cig)
+    acc = np.einsum("ntkgi,gkio->ntgo", win.astype(np.float64), w.astype(np.float64))
+    out[...] = _epilogue(acc.reshape(n, to, g * cog), bias, res, act, lo, hi)
+
+
+def depthwise_conv(x, w, bias, res, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+    """Depthwise conv1d; ``w`` is ``[K, C]``."""
+    win = _windows(np.asarray(x), w.shape[0], stride, pad, out.shape[1])
+    acc = np.einsum("ntkc,kc->ntc", win.astype(np.float64), w.astype(np.float64))
+    out[...] = _epilogue(acc, bias, res, act, lo, hi)
+
+
+def unpack_pointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
+    """Packed ``[nb, K, 16]`` panels -> ``[K, Cout]``."""
+    return np.ascontiguousarray(wp.transpose(1, 0, 2).reshape(k, -1)[:, :cout])
+
+
+def pointwise_conv(x, wp, bias, res, out, act, lo, hi, threads):  # noqa: ANN001
+    """1x1 conv as GEMM with a packed ``[nb, K, 16]`` weight."""
+    w = unpack_pointwise(np.asarray(wp), x.shape[1], out.shape[1])
+    acc = np.asarray(x, dtype=np.float64) @ w.astype(np.float64)
+    out[...] = _epilogue(acc, np.asarray(bias)[:out.shape[1]], res, act, lo, hi)
+
+
+# ---- int8 -----------------------------------------------------------------
+
+
+def _requant(acc: np.ndarray, bias: np.ndarray, mult: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """clamp(rne(float32(acc + bias) * mult), lo, hi) as int16."""
+    v = (acc + bias).astype(np.float32) * mult.astype(np.float32)
+    return np.clip(np.rint(v), lo, hi).astype(np.int16)
+
+
+def quantize(x, out, scale, zp, qmin, qmax, threads):  # noqa: ANN001
+    """Centered QuantizeLinear: ``clamp(rne(x / scale) + zp, qmin, qmax) - zp``."""
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)).astype(np.int64) + zp
+    out[...] = (np.clip(q, qmin, qmax) - zp).astype(np.int16)
+
+
+def dequantize(x, out, scale, threads):  # noqa: ANN001
+    """Centered DequantizeLinear: ``x * scale``."""
+    out[...] = np.asarray(x, np.float32) * np.float32(scale)
+
+
+def requantize(x, out, ratio, lo, hi, threads):  # noqa: ANN001
+    """``clamp(rne(x * ratio), lo, hi)``."""
+    v = np.asarray(x, np.float32) * np.float32(ratio)
+    out[...] = np.clip(np.rint(v), lo, hi).astype(np.int16)
+
+
+def qadd(a, b, out, ra, rb, lo, hi, threads):  # noqa: ANN001
+    """``clamp(rne(a * ra + b * rb), lo, hi)`` (products exact in float64)."""
+    v = (np.asarray(a, np.float64) * np.float64(np.float32(ra))
+         + np.asarray(b, np.float64) * np.float64(np.float32(rb)))
+    out[...] = np.clip(np.rint(v), lo, hi).astype(np.int16)
+
+
+def qconv_generic(x, w, bias, mult, out, stride, pad, lo, hi, threads):  # noqa: ANN001
+    """Grouped int8 conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]`` int16."""
+    g, k, cig, cog = w.shape
+    win = _windows(np.asarray(x), k, stride, pad, out.shape[1])
+    n, to = win.shape[:2]
+    win = win.reshape(n, to, k, g, cig).astype(np.int64)
+    acc = np.einsum("ntkgi,gkio->ntgo", win, w.astype(np.int64)).reshape(n, to, g * cog)
+    out[...] = _requant(acc, bias, mult, lo, hi)
+
+
+def qdepthwise_conv(x, w, bias, mult, out, stride, pad, lo, hi, threads):  # noqa: ANN001
+    """Depthwise int8 conv1d; ``w`` is ``[K, C]`` int16."""
+    win = _windows(np.asarray(x), w.shape[0], stride, pad, out.shape[1]).astype(np.int64)
+    acc = np.einsum("ntkc,kc->ntc", win, w.astype(np.int64))
+    out[...] = _requant(acc, bias, mult, lo, hi)
+
+
+def unpack_qpointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
+    """Packed ``[nb, ceil(K/2), 32]`` int16 pairs -> ``[K, Cout]``."""
+    nb, k2, _ = wp.shape
+    w = wp.reshape(nb, k2, NR, 2).transpose(1, 3, 0, 2).reshape(2 * k2, nb * NR)
+    return np.ascontiguousarray(w[:k, :cout])
+
+
+def qpointwise_conv(x, wp, bias, mult, out, lo, hi, threads):  # noqa: ANN001
+    """Int8 1x1 conv as GEMM with packed int16-pair weights."""
+    cout = out.shape[1]
+    w = unpack_qpointwise(np.asarray(wp), x.shape[1], cout)
+    acc = np.asarray(x, np.int64) @ w.astype(np.int64)
+    out[...] = _requant(acc, np.asarray(bias)[:cout], np.asarray(mult)[:cout], lo, hi)
+
+
+# ---- CTC ------------------------------------------------------------------
+
+greedy = greedy_ref
+
+
+def _lse(a: float, b: float) -> float:
+    """log(exp(a) + exp(b))."""
+    if a == -np.inf:
+        return b
+    if b == -np.inf:
+        return a
+    m = max(a, b)
+    return m + float(np.log1p(np.exp(-abs(a - b))))
+
+
+def beam_search(logp, beam_width):  # noqa: ANN001
+    """CTC prefix beam search; same algorithm and tie-breaking as the compiled core."""
+    if beam_width < 1:
+        raise ValueError("beam_width must be >= 1")
+    lp = np.asarray(logp, dtype=np.float32)
+    f, c_n = lp.shape
+    parent, label, frame = [-1], [0], [-1]
+    beams = [(0, 0.0, -np.inf)]  # (node, p_blank, p_nonblank)
+    for t in range(f):
+        row = [float(v) for v in lp[t]]
+        index = {node: i for i, (node, _, _) in enumerate(beams)}
+        cand = []
+        for node, pb, pnb in beams:
+            last = label[node] if node else -1
+            cand.append([node, None, None, _lse(pb, pnb) + row[0],
+                         pnb + row[last] if last > 0 else -np.inf])
+        child = {}
+        for node, _, _ in beams:
+            if node and parent[node] in index:
+                child[(parent[node], label[node])] = index[node]
+        for node, pb, pnb in beams:
+            last = label[node] if node else -1
+            tot = _lse(pb, pnb)
+            for c in range(1, c_n):
+                ext = (pb if c == last else tot) + row[c]
+                j = child.get((node, c))
+                if j is not None:
+                    cand[j][4] = _lse(cand[j][4], ext)
+                else:
+                    cand.append([-1, node, c, -np.inf, ext])
+        scores = [_lse(cd[3], cd[4]) for cd in cand]
+        order = sorted(range(len(cand)), key=lambda i: -scores[i])[:beam_width]
+        beams = []
+        for i in order:
+            node, par, lab, pb, pnb = cand[i]
+            if node < 0:
+                parent.append(par)
+                label.append(lab)
+                frame.append(t)
+                node = len(parent) - 1
+            beams.append((node, pb, pnb))
+    node = beams[0][0] if f else 0
+    labels, frames = [], []
+    while node > 0:
+        labels.append(label[node])
+        frames.append(frame[node])
+        node = parent[node]
+    labels_a = np.array(labels[::-1], dtype=np.int32)
+    frames_a = np.array(frames[::-1], dtype=np.int64)
+    moves = np.zeros(f, dtype=np.uint8)
+    moves[frames_a] = 1
+    ends = np.append(frames_a[1:], f)
+    spans = zip(frames_a, ends, labels_a, strict=True)
+    probs = np.array([np.exp(lp[s:e, lab].max()) for s, e, lab in spans], dtype=np.float32)
+    return labels_a, probs, moves

@@ -1,0 +1,305 @@
+/* edgecall kernels: small static inline C helpers (GEMM micro-kernels, epilogues).
+ *
+ * Every helper has an x86-64 AVX2/FMA path, an aarch64 NEON path and a portable
+ * scalar fallback written so that compilers can auto-vectorise it. Layouts:
+ *
+ *   fp32 GEMM tile:  C[EC_MR][EC_NR] = sum_k A[row i][k] * Bp[k][j]
+ *                    A given as EC_MR row pointers (rows may repeat for tails),
+ *                    Bp a packed column panel [K][EC_NR] (zero padded).
+ *   int16 GEMM tile: same with int16 A (centered int8 values) and a packed panel
+ *                    [K/2][EC_NR][2] of int16 pairs (k, k+1); int32 accumulation.
+ *                    A rows must be readable up to an even K (callers pad).
+ */
+#ifndef EC_SIMD_H
+#define EC_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EC_HAVE_AVX2 1
+#elif defined(__ARM_NEON) || defined(__ARM_NEON__)
+#include <arm_neon.h>
+#define EC_HAVE_NEON 1
+#endif
+
+#define EC_MR 6
+#define EC_NR 16
+
+static inline const char *ec_simd_name(void) {
+#if defined(EC_HAVE_AVX2)
+    return "avx2+fma";
+#elif defined(EC_HAVE_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon+dotprod";
+#elif defined(EC_HAVE_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
+/* ---- activations ------------------------------------------------------ */
+#define EC_ACT_NONE 0
+#define EC_ACT_RELU 1
+#define EC_ACT_CLIP 2
+#define EC_ACT_SILU 3
+
+static inline float ec_act(float v, int act, float lo, float hi) {
+    if (act == EC_ACT_RELU) return v > 0.0f ? v : 0.0f;
+    if (act == EC_ACT_CLIP) return v < lo ? lo : (v > hi ? hi : v);
+    if (act == EC_ACT_SILU) return v / (1.0f + expf(-v));
+    return v;
+}
+
+/* out[j] = act(acc[j] + bias[j] (+ res[j])) for j < n */
+static inline void ec_epilogue_f32(const float *acc, const float *bias, const float *res,
+                                   float *out, int n, int act, float lo, float hi) {
+    int j;
+    if (act == EC_ACT_SILU) {
+        for (j = 0; j < n; j++) {
+            float v = acc[j] + bias[j] + (res ? res[j] : 0.0f);
+            out[j] = v / (1.0f + expf(-v));
+        }
+        return;
+    }
+    if (act == EC_ACT_RELU) { lo = 0.0f; hi = INFINITY; }
+    else if (act == EC_ACT_NONE) { lo = -INFINITY; hi = INFINITY; }
+    if (res) {
+        for (j = 0; j < n; j++) {
+            float v = acc[j] + bias[j] + res[j];
+            v = v < lo ? lo : v;
+            out[j] = v > hi ? hi : v;
+        }
+    } else {
+        for (j = 0; j < n; j++) {
+            float v = acc[j] + bias[j];
+            v = v < lo ? lo : v;
+            out[j] = v > hi ? hi : v;
+        }
+    }
+}
+
+/* round half to even (current FP rounding mode), as onnxruntime's QuantizeLinear */
+static inline int32_t ec_rne(float v) { return (int32_t)nearbyintf(v); }
+
+/* out[j] = clamp(rne((acc[j] + bias[j]) * mult[j]), lo, hi) as int16, j < n */
+static inline void ec_requant(const int32_t *acc, const int32_t *bias, const float *mult,
+                              int16_t *out, int n, int32_t lo, int32_t hi) {
+    int j = 0;
+#if defined(EC_HAVE_AVX2)
+    const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+    for (; j + 8 <= n; j += 8) {
+        __m256i a = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + j)),
+                                     _mm256_loadu_si256((const __m256i *)(bias + j)));
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(mult + j));
+        __m256i r = _mm256_cvtps_epi32(f);  /* MXCSR default: nearest-even */
+        r = _mm256_min_epi32(_mm256_max_epi32(r, vlo), vhi);
+        __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+        _mm_storeu_si128((__m128i *)(out + j), p);
+    }
+#elif defined(EC_HAVE_NEON)
+    const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
+    for (; j + 4 <= n; j += 4) {
+        int32x4_t a = vaddq_s32(vld1q_s32(acc + j), vld1q_s32(bias + j));
+        float32x4_t f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult + j));
+        int32x4_t r = vcvtnq_s32_f32(f);  /* nearest, ties to even */
+        r = vminq_s32(vmaxq_s32(r, vlo), vhi);
+        vst1_s16(out + j, vmovn_s32(r));
+    }
+#endif
+    for (; j < n; j++) {
+        int32_t r = ec_rne((float)(acc[j] + bias[j]) * mult[j]);
+        r = r < lo ? lo : (r > hi ? hi : r);
+        out[j] = (int16_t)r;
+    }
+}
+
+/* ---- fp32 GEMM micro-kernel: tile[EC_MR][EC_NR] ------------------------- */
+static inline void ec_sgemm_tile(const float *const *a, const float *bp, int K, float *tile) {
+#if defined(EC_HAVE_AVX2)
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+    for (int k = 0; k < K; k++) {
+        __m256 b0 = _mm256_loadu_ps(bp + k * EC_NR), b1 = _mm256_loadu_ps(bp + k * EC_NR + 8);
+        __m256 x;
+        x = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    _mm256_storeu_ps(tile + 0 * EC_NR, c00); _mm256_storeu_ps(tile + 0 * EC_NR + 8, c01);
+    _mm256_storeu_ps(tile + 1 * EC_NR, c10); _mm256_storeu_ps(tile + 1 * EC_NR + 8, c11);
+    _mm256_storeu_ps(tile + 2 * EC_NR, c20); _mm256_storeu_ps(tile + 2 * EC_NR + 8, c21);
+    _mm256_storeu_ps(tile + 3 * EC_NR, c30); _mm256_storeu_ps(tile + 3 * EC_NR + 8, c31);
+    _mm256_storeu_ps(tile + 4 * EC_NR, c40); _mm256_storeu_ps(tile + 4 * EC_NR + 8, c41);
+    _mm256_storeu_ps(tile + 5 * EC_NR, c50); _mm256_storeu_ps(tile + 5 * EC_NR + 8, c51);
+#elif defined(EC_HAVE_NEON)
+    float32x4_t c[EC_MR][4];
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) c[i][v] = vdupq_n_f32(0.0f);
+    for (int k = 0; k < K; k++) {
+        float32x4_t b0 = vld1q_f32(bp + k * EC_NR), b1 = vld1q_f32(bp + k * EC_NR + 4);
+        float32x4_t b2 = vld1q_f32(bp + k * EC_NR + 8), b3 = vld1q_f32(bp + k * EC_NR + 12);
+        for (int i = 0; i < EC_MR; i++) {
+            float x = a[i][k];
+            c[i][0] = vfmaq_n_f32(c[i][0], b0, x); c[i][1] = vfmaq_n_f32(c[i][1], b1, x);
+            c[i][2] = vfmaq_n_f32(c[i][2], b2, x); c[i][3] = vfmaq_n_f32(c[i][3], b3, x);
+        }
+    }
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) vst1q_f32(tile + i * EC_NR + 4 * v, c[i][v]);
+#else
+    float acc[EC_MR][EC_NR];
+    memset(acc, 0, sizeof(acc));
+    for (int k = 0; k < K; k++) {
+        const float *b = bp + k * EC_NR;
+        for (int i = 0; i < EC_MR; i++) {
+            float x = a[i][k];
+            for (int j = 0; j < EC_NR; j++) acc[i][j] += x * b[j];
+        }
+    }
+    memcpy(tile, acc, sizeof(acc));
+#endif
+}
+
+/* ---- int16 x int16 -> int32 GEMM micro-kernel (K2 = K/2 pairs) ---------- */
+static inline void ec_qgemm_tile(const int16_t *const *a, const int16_t *bp, int K2,
+                                 int32_t *tile) {
+#if defined(EC_HAVE_AVX2)
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int16_t *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+    for (int k = 0; k < K2; k++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + k * 2 * EC_NR));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + k * 2 * EC_NR + 16));
+        __m256i x;
+        int32_t p;
+#define EC_QROW(ai, ci0, ci1) memcpy(&p, ai + 2 * k, 4); x = _mm256_set1_epi32(p); \
+        ci0 = _mm256_add_epi32(ci0, _mm256_madd_epi16(x, b0)); \
+        ci1 = _mm256_add_epi32(ci1, _mm256_madd_epi16(x, b1));
+        EC_QROW(a0, c00, c01) EC_QROW(a1, c10, c11) EC_QROW(a2, c20, c21)
+        EC_QROW(a3, c30, c31) EC_QROW(a4, c40, c41) EC_QROW(a5, c50, c51)
+#undef EC_QROW
+    }
+    /* b0 holds columns 0..7, b1 columns 8..15 (pairs interleaved per column) */
+    _mm256_storeu_si256((__m256i *)(tile + 0 * EC_NR), c00); _mm256_storeu_si256((__m256i *)(tile + 0 * EC_NR + 8), c01);
+    _mm256_storeu_si256((__m256i *)(tile + 1 * EC_NR), c10); _mm256_storeu_si256((__m256i *)(tile + 1 * EC_NR + 8), c11);
+    _mm256_storeu_si256((__m256i *)(tile + 2 * EC_NR), c20); _mm256_storeu_si256((__m256i *)(tile + 2 * EC_NR + 8), c21);
+    _mm256_storeu_si256((__m256i *)(tile + 3 * EC_NR), c30); _mm256_storeu_si256((__m256i *)(tile + 3 * EC_NR + 8), c31);
+    _mm256_storeu_si256((__m256i *)(tile + 4 * EC_NR), c40); _mm256_storeu_si256((__m256i *)(tile + 4 * EC_NR + 8), c41);
+    _mm256_storeu_si256((__m256i *)(tile + 5 * EC_NR), c50); _mm256_storeu_si256((__m256i *)(tile + 5 * EC_NR + 8), c51);
+#elif defined(EC_HAVE_NEON)
+    /* widening multiply-accumulate of int16 pairs: vmlal_s16 on low/high halves */
+    int32x4_t c[EC_MR][4];
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) c[i][v] = vdupq_n_s32(0);
+    for (int k = 0; k < K2; k++) {
+        const int16_t *b = bp + k * 2 * EC_NR;
+        /* de-interleave the (k, k+1) pairs of 16 columns into two rows of 16 */
+        int16x8x2_t lo = vld2q_s16(b), hi = vld2q_s16(b + 16);
+        for (int i = 0; i < EC_MR; i++) {
+            int16_t x0 = a[i][2 * k], x1 = a[i][2 * k + 1];
+            c[i][0] = vmlal_n_s16(c[i][0], vget_low_s16(lo.val[0]), x0);
+            c[i][1] = vmlal_n_s16(c[i][1], vget_high_s16(lo.val[0]), x0);
+            c[i][2] = vmlal_n_s16(c[i][2], vget_low_s16(hi.val[0]), x0);
+            c[i][3] = vmlal_n_s16(c[i][3], vget_high_s16(hi.val[0]), x0);
+            c[i][0] = vmlal_n_s16(c[i][0], vget_low_s16(lo.val[1]), x1);
+            c[i][1] = vmlal_n_s16(c[i][1], vget_high_s16(lo.val[1]), x1);
+            c[i][2] = vmlal_n_s16(c[i][2], vget_low_s16(hi.val[1]), x1);
+            c[i][3] = vmlal_n_s16(c[i][3], vget_high_s16(hi.val[1]), x1);
+        }
+    }
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) vst1q_s32(tile + i * EC_NR + 4 * v, c[i][v]);
+#else
+    int32_t acc[EC_MR][EC_NR];
+    memset(acc, 0, sizeof(acc));
+    for (int k = 0; k < K2; k++) {
+        const int16_t *b = bp + k * 2 * EC_NR;
+        for (int i = 0; i < EC_MR; i++) {
+            int32_t x0 = a[i][2 * k], x1 = a[i][2 * k + 1];
+            for (int j = 0; j < EC_NR; j++) acc[i][j] += x0 * b[2 * j] + x1 * b[2 * j + 1];
+        }
+    }
+    memcpy(tile, acc, sizeof(acc));
+#endif
+}
+
+
+/* ---- depthwise helpers: acc[c] = sum_k rows[k][c] * w[k*C + c] ------------
+ * rows[k] is NULL for a tap that falls in the zero padding. */
+static inline void ec_dw_row_f32(const float *const *rows, int K, const float *w, int C,
+                                 float *acc) {
+    int c = 0;
+    for (; c + 32 <= C; c += 32) {
+        float a[32];
+        for (int j = 0; j < 32; j++) a[j] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float *r = rows[k];
+            if (!r) continue;
+            const float *wk = w + (size_t)k * C + c;
+            for (int j = 0; j < 32; j++) a[j] += r[c + j] * wk[j];
+        }
+        for (int j = 0; j < 32; j++) acc[c + j] = a[j];
+    }
+    for (; c < C; c++) {
+        float a = 0.0f;
+        for (int k = 0; k < K; k++)
+            if (rows[k]) a += rows[k][c] * w[(size_t)k * C + c];
+        acc[c] = a;
+    }
+}
+
+/* int16 depthwise: acc[c] = sum_k rows[k][c] * w[k*C + c] (int32). */
+static inline void ec_dw_row_q(const int16_t *const *rows, int K, const int16_t *w, int C,
+                               int32_t *acc) {
+    int c = 0;
+#if defined(EC_HAVE_AVX2)
+    /* taps in pairs: unpack rows (k, k+1) into int16 pairs and madd with the
+     * matching pre-interleaved weights (wp = w interleaved per tap pair). */
+    for (; c + 16 <= C; c += 16) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, z = a0;
+        for (int k = 0; k < K; k += 2) {
+            __m256i r0 = rows[k] ? _mm256_loadu_si256((const __m256i *)(rows[k] + c)) : z;
+            __m256i r1 = (k + 1 < K && rows[k + 1])
+                ? _mm256_loadu_si256((const __m256i *)(rows[k + 1] + c)) : z;
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * C + c));
+            __m256i w1 = k + 1 < K ? _mm256_loadu_si256((const __m256i *)(w + (size_t)(k + 1) * C + c)) : z;
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi16(r0, r1),
+                                                         _mm256_unpacklo_epi16(w0, w1)));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi16(r0, r1),
+                                                         _mm256_unpackhi_epi16(w0, w1)));
+        }
+        /* a0 = channels [0-3, 8-11], a1 = [4-7, 12-15]: restore order */
+        __m256i lo = _mm256_permute2x128_si256(a0, a1, 0x20);  /* 0-3, 4-7 */
+        __m256i hi = _mm256_permute2x128_si256(a0, a1, 0x31);  /* 8-11, 12-15 */
+        _mm256_storeu_si256((__m256i *)(acc + c), lo);
+        _mm256_storeu_si256((__m256i *)(acc + c + 8), hi);
+    }
+#elif defined(EC_HAVE_NEON)
+    for (; c + 8 <= C; c += 8) {
+        int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+        for (int k = 0; k < K; k++) {
+            if (!rows[k]) continue;
+            int16x8_t r = vld1q_s16(rows[k] + c), wk = vld1q_s16(w + (size_t)k * C + c);
+            a0 = vmlal_s16(a0, vget_low_s16(r), vget_low_s16(wk));
+            a1 = vmlal_high_s16(a1, r, wk);
+        }
+        vst1q_s32(acc + c, a0);
+        vst1q_s32(acc + c + 4, a1);
+    }
+#endif
+    for (; c < C; c++) {
+        int32_t a = 0;
+        for (int k = 0; k < K; k++)
+            if (rows[k]) a += (int32_t)rows[k][c] * (int32_t)w[(size_t)k * C + c];
+        acc[c] = a;
+    }
+}
+
+#endif /* EC_SIMD_H */

@@ -1,0 +1,216 @@
+"""Every compiled kernel against its numpy reference (edgecall.kernels_ref).
+
+Random shapes include odd lengths, channel counts that are not multiples of
+the SIMD width, strides and paddings wider than the signal, and every fused
+activation/residual combination.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecall import kernels_backend as kb
+from edgecall import kernels_ref as ref
+
+try:
+    COMPILED = kb.kernels(pure=False)
+except kb.KernelsMissing as exc:  # pragma: no cover - depends on the build
+    pytest.skip(f"compiled kernels not built: {exc}", allow_module_level=True)
+
+ACTS = [(0, 0.0, 0.0), (1, 0.0, 0.0), (2, 0.0, 6.0), (2, -0.5, 0.7), (3, 0.0, 0.0)]
+
+
+def _t_out(t: int, k: int, stride: int, pad: int) -> int:
+    return (t + 2 * pad - k) // stride + 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_depthwise_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, t, c = rng.integers(1, 4), int(rng.integers(1, 90)), int(rng.integers(1, 70))
+    k = int(rng.choice([1, 2, 3, 5, 9, 25]))
+    stride = int(rng.integers(1, 4))
+    pad = int(rng.integers(0, k + 3))
+    to = _t_out(t, k, stride, pad)
+    if to < 1:
+        pytest.skip("empty output")
+    x = rng.standard_normal((n, t, c), dtype=np.float32)
+    w = rng.standard_normal((k, c), dtype=np.float32)
+    b = rng.standard_normal(c, dtype=np.float32)
+    for act, lo, hi in ACTS:
+        res = rng.standard_normal((n, to, c), dtype=np.float32) if act % 2 else None
+        outs = []
+        for kern in (COMPILED, ref):
+            out = np.empty((n, to, c), np.float32)
+            kern.depthwise_conv(x, w, b, res, out, stride, pad, act, lo, hi, 2)
+            outs.append(out)
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_generic_conv_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    g = int(rng.choice([1, 2, 4]))
+    cig, cog = int(rng.integers(1, 5)), int(rng.integers(1, 7))
+    if seed == 0:
+        g, cig, cog = 1, 1, 33  # the stem: 1 -> C
+    n, t, k = int(rng.integers(1, 3)), int(rng.integers(5, 80)), int(rng.choice([1, 3, 4, 15]))
+    stride, pad = int(rng.integers(1, 4)), k // 2
+    to = _t_out(t, k, stride, pad)
+    x = rng.standard_normal((n, t, g * cig), dtype=np.float32)
+    w = rng.standard_normal((g, k, cig, cog), dtype=np.float32)
+    b = rng.standard_normal(g * cog, dtype=np.float32)
+    for act, lo, hi in ACTS:
+        res = rng.standard_normal((n, to, g * cog), dtype=np.float32) if act == 1 else None
+        outs = []
+        for kern in (COMPILED, ref):
+            out = np.empty((n, to, g * cog), np.float32)
+            kern.conv_generic(x, w, b, res, out, stride, pad, act, lo, hi, 2)
+            outs.append(out)
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,k,cout", [(1, 1, 1), (7, 13, 5), (6, 128, 128), (61, 33, 17),
+                                      (200, 64, 48), (13, 127, 5)])
+def test_pointwise_matches_reference(m: int, k: int, cout: int) -> None:
+    rng = np.random.default_rng(m * 1000 + k)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((k, cout), dtype=np.float32)
+    wp = kb.pack_pointwise(w)
+    np.testing.assert_array_equal(ref.unpack_pointwise(wp, k, cout), w)
+    b = kb.pad_channels(rng.standard_normal(cout, dtype=np.float32), wp.shape[0] * kb.NR)
+    for act, lo, hi in ACTS:
+        res = rng.standard_normal((m, cout), dtype=np.float32) if act in (0, 2) else None
+        outs = []
+        for kern in (COMPILED, ref):
+            out = np.empty((m, cout), np.float32)
+            kern.pointwise_conv(x, wp, b, res, out, act, lo, hi, 2)
+            outs.append(out)
+        np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=2e-4)
+        if act == 0 and res is None:
+            np.testing.assert_allclose(outs[0], x @ w + b[:cout], rtol=1e-4, atol=2e-4)
+
+
+def test_pointwise_blas_variant_agrees() -> None:
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 24), dtype=np.float32)
+    w = rng.standard_normal((24, 19), dtype=np.float32)
+    b = rng.standard_normal(19, dtype=np.float32)
+    from edgecall._kernels import conv
+
+    out = np.empty((37, 19), np.float32)
+    conv.pointwise_conv_blas(x, w, b, None, out, 1, 0.0, 0.0, kb.blas_sgemm_pointer())
+    np.testing.assert_allclose(out, np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
+
+
+# ---- int8 -------------------------------------------------------------------
+
+
+def _qrange(rng: np.random.Generator) -> tuple[int, int]:
+    zp = int(rng.integers(-128, 10))
+    return -128 - zp, 127 - zp
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_qdepthwise_and_qgeneric_exact(seed: int) -> None:
+    rng = np.random.default_rng(200 + seed)
+    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 70)), int(rng.integers(1, 50))
+    k = int(rng.choice([1, 2, 3, 7, 25]))
+    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, k + 2))
+    to = _t_out(t, k, stride, pad)
+    if to < 1:
+        pytest.skip("empty output")
+    lo, hi = _qrange(rng)
+    x = rng.integers(-255, 256, (n, t, c)).astype(np.int16)
+    w = rng.integers(-127, 128, (k, c)).astype(np.int16)
+    b = rng.integers(-5000, 5000, c).astype(np.int32)
+    mult = (rng.random(c) * 1e-3).astype(np.float32)
+    outs = []
+    for kern in (COMPILED, ref):
+        out = np.empty((n, to, c), np.int16)
+        kern.qdepthwise_conv(x, w, b, mult, out, stride, pad, lo, hi, 2)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    # the same depthwise conv through the generic grouped kernel
+    wg = np.ascontiguousarray(w.T.reshape(c, k, 1, 1))
+    outs = []
+    for kern in (COMPILED, ref):
+        out = np.empty((n, to, c), np.int16)
+        kern.qconv_generic(x, wg, b, mult, out, stride, pad, lo, hi, 2)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("m,k,cout", [(1, 1, 1), (7, 13, 5), (6, 128, 128), (61, 33, 17),
+                                      (100, 64, 40)])
+def test_qpointwise_exact(m: int, k: int, cout: int) -> None:
+    rng = np.random.default_rng(m + k + cout)
+    x = rng.integers(-255, 256, (m, k)).astype(np.int16)
+    w = rng.integers(-127, 128, (k, cout)).astype(np.int16)
+    wp = kb.pack_qpointwise(w)
+    np.testing.assert_array_equal(ref.unpack_qpointwise(wp, k, cout), w)
+    npad = wp.shape[0] * kb.NR
+    b = kb.pad_channels(rng.integers(-9000, 9000, cout).astype(np.int32), npad)
+    mult = kb.pad_channels((rng.random(cout) * 2e-3).astype(np.float32), npad)
+    lo, hi = _qrange(rng)
+    outs = []
+    for kern in (COMPILED, ref):
+        out = np.empty((m, cout), np.int16)
+        kern.qpointwise_conv(x, wp, b, mult, out, lo, hi, 2)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0].min() >= lo and outs[0].max() <= hi
+
+
+def test_quantize_family_exact() -> None:
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(1001) * 3).astype(np.float32)
+    x[:4] = [0.25, 0.75, -1.25, 1.25]  # x / 0.5 are ties: round half to even
+    outs = []
+    for kern in (COMPILED, ref):
+        q = np.empty(x.shape, np.int16)
+        kern.quantize(x, q, 0.5, -3, -128, 127, 2)
+        d = np.empty(x.shape, np.float32)
+        kern.dequantize(q, d, 0.5, 2)
+        r = np.empty(x.shape, np.int16)
+        kern.requantize(q, r, 0.37, -100, 90, 2)
+        a = np.empty(x.shape, np.int16)
+        kern.qadd(q, r, a, 0.8, 1.3, -120, 127, 2)
+        outs.append((q, d, r, a))
+    for u, v in zip(*outs, strict=True):
+        np.testing.assert_array_equal(u, v)
+    q = outs[0][0]
+    assert list(q[:4]) == [0, 2, -2, 2]
+    assert np.abs(outs[0][1] - x).max() <= 0.25 + 1e-6  # within half a step (no clipping)
+
+
+# ---- CTC --------------------------------------------------------------------
+
+
+def _posteriors(rng: np.random.Generator, f: int, c: int = 5, sharp: float = 3.0) -> np.ndarray:
+    z = rng.standard_normal((f, c)).astype(np.float32) * sharp
+    return (z - np.log(np.exp(z).sum(1, keepdims=True))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_greedy_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(300 + seed)
+    lp = _posteriors(rng, int(rng.integers(0, 400)))
+    a, b = COMPILED.greedy(lp), ref.greedy(lp)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
+    np.testing.assert_array_equal(a[2], b[2])
+    assert a[2].sum() == len(a[0])
+
+
+@pytest.mark.parametrize("seed,width", [(0, 1), (1, 3), (2, 5), (3, 8), (4, 16)])
+def test_beam_matches_reference(seed: int, width: int) -> None:
+    rng = np.random.default_rng(400 + seed)
+    lp = _posteriors(rng, int(rng.integers(1, 120)), sharp=1.5)
+    a, b = COMPILED.beam_search(lp, width), ref.beam_search(lp, width)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
+    np.testing.assert_array_equal(a[2], b[2])
+    assert a[2].sum() == len(a[0])
