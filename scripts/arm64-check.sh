@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# One-command emulated Raspberry Pi check (issue 10, ARM part of issue 4).
+#
+# On an x86-64 Debian host, with no ARM hardware and no binfmt_misc:
+#   1. build/reuse a Debian bookworm arm64 root (scripts/arm64-rootfs.sh; cached outside
+#      the repo in $EDGECALL_ARM64_ROOT, default /work/cache/arm64-rootfs);
+#   2. do what the README tells a Pi user: copy a clean tree of the project (git archive
+#      HEAD, or the working tree with --tree worktree) into the root, make a venv,
+#      `pip install .` (aarch64 wheels from the index; Cython kernels compiled natively by
+#      the arm64 gcc with setup.py's aarch64 flags), and try the optional TFLite runtimes;
+#   3. run the kernel tests inside the root (QEMU_CPU=max: NEON + dotprod execute);
+#   4. cross-compile the kernels on the host with aarch64-linux-gnu-gcc against the
+#      root's Python/numpy headers, run them under qemu, and write the NEON/sdot
+#      disassembly report bench/arm64/neon_report.md;
+#   5. `edgecall basecall` on a few real reads (../shared/data, bound read-only into the
+#      root at /data) with every engine that installs, the same on x86, and compare.
+# Every step is timed; the summary is printed and written to bench/arm64/timings.md.
+#
+# Usage: scripts/arm64-check.sh [--model DIR] [--reads POD5|DIR] [--max-reads N]
+#            [--engines "onnx native tflite"] [--tree head|worktree] [--rebuild]
+#            [--skip-basecall] [--no-report]
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/arm64-rootfs.sh
+source "$REPO/scripts/arm64-rootfs.sh"
+
+CACHE="${EDGECALL_ARM64_CACHE:-$(dirname "$ARM64_ROOT")}"
+SHARED="${EDGECALL_SHARED_DATA:-$(dirname "$REPO")/shared/data}"
+MODEL=""; READS=""; MAX_READS=3; ENGINES="onnx native tflite"; TREE=head
+REBUILD=""; SKIP_BASECALL=""; WRITE_REPORT=1
+HOST_PY="${EDGECALL_HOST_PYTHON:-python3}"
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --model) MODEL="$(realpath "$2")"; shift 2 ;;
+        --reads) READS="$(realpath "$2")"; shift 2 ;;
+        --max-reads) MAX_READS="$2"; shift 2 ;;
+        --engines) ENGINES="$2"; shift 2 ;;
+        --tree) TREE="$2"; shift 2 ;;
+        --rebuild) REBUILD=--rebuild; shift ;;
+        --skip-basecall) SKIP_BASECALL=1; shift ;;
+        --no-report) WRITE_REPORT=""; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "arm64-check: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+RUN_DIR="$CACHE/run"            # per-run scratch (outputs, logs), outside the repo
+OUT="$REPO/bench/arm64"         # committed generated reports
+mkdir -p "$RUN_DIR" "$OUT"
+STEP_LOG="$RUN_DIR/steps.txt"; : > "$STEP_LOG"; export STEP_LOG
+GUEST_SRC=/root/edgecall-src
+GUEST_VENV=/root/venv
+T_START=$(date +%s)
+
+copy_tree() {
+    rm -rf "$ARM64_ROOT$GUEST_SRC" "$RUN_DIR/x86-src"
+    mkdir -p "$ARM64_ROOT$GUEST_SRC" "$RUN_DIR/x86-src"
+    if [ "$TREE" = head ]; then
+        git -C "$REPO" archive --format=tar HEAD | tar -x -C "$ARM64_ROOT$GUEST_SRC"
+    else  # working tree minus build artefacts and VCS data
+        tar -C "$REPO" --exclude=.git --exclude=build --exclude='*.egg-info' \
+            --exclude='*.so' --exclude='kernels/*.c' --exclude=__pycache__ \
+            --exclude=.pytest_cache --exclude=.ruff_cache -cf - . | tar -x -C "$ARM64_ROOT$GUEST_SRC"
+    fi
+    cp -a "$ARM64_ROOT$GUEST_SRC/." "$RUN_DIR/x86-src/"
+    echo "kernels in tree: $(cd "$ARM64_ROOT$GUEST_SRC" && ls kernels/*.pyx 2>/dev/null | tr '\n' ' ')"
+}
+
+make_venv() {
+    in_root /bin/sh -c "rm -rf $GUEST_VENV && python3 -m venv $GUEST_VENV"
+}
+
+pip_install_project() {
+    # Exactly the README's Pi command; the build log shows the kernel compiler flags.
+    local rc=0
+    in_root /bin/sh -c "cd $GUEST_SRC && $GUEST_VENV/bin/pip install -v . \
+        > /root/pip-install.log 2>&1" || rc=$?
+    cp "$ARM64_ROOT/root/pip-install.log" "$RUN_DIR/pip-install.log"
+    grep -E 'edgecall: |Successfully installed|ERROR|error:' "$RUN_DIR/pip-install.log" | tail -20
+    return $rc
+}
+
+probe_wheels() {
+    # Which runtime dependencies have aarch64 cp311 wheels (binary only, no source builds).
+    in_root /bin/sh -c "
+        for p in ai-edge-litert tflite-runtime pytest; do
+            if $GUEST_VENV/bin/pip install -q --only-binary=:all: \$p >/tmp/pip-\$p.log 2>&1;
+            then echo \"WHEEL \$p ok\"; else echo \"WHEEL \$p none: \$(tail -1 /tmp/pip-\$p.log)\"; fi
+        done
+        $GUEST_VENV/bin/python - <<'PY'
+import importlib, importlib.metadata as md, platform, sys
+print('PYTHON', sys.version.split()[0], platform.machine())
+for dist, mod in [('numpy','numpy'),('onnxruntime','onnxruntime'),('onnx','onnx'),
+                  ('pod5','pod5'),('lib-pod5','lib_pod5'),('pyarrow','pyarrow'),
+                  ('pysam','pysam'),('psutil','psutil'),('tqdm','tqdm'),
+                  ('ai-edge-litert','ai_edge_litert.interpreter'),
+                  ('tflite-runtime','tflite_runtime.interpreter'),('Cython','Cython')]:
+    try:
+        ver = md.version(dist)
+    except md.PackageNotFoundError:
+        print('IMPORT', dist, '-', 'not installed'); continue
+    try:
+        importlib.import_module(mod); print('IMPORT', dist, ver, 'ok')
+    except Exception as exc:
+        print('IMPORT', dist, ver, 'FAILS:', type(exc).__name__, str(exc).splitlines()[0][:120])
+import edgecall, pkgutil
+import edgecall._kernels as k
+mods = [m.name for m in pkgutil.iter_modules(k.__path__)]
+print('KERNELS', ' '.join(mods) or '(none built)')
+PY" | tee "$RUN_DIR/wheels.txt"
+}
+
+kernel_tests_in_root() {
+    # The kernel test files of the tree, run by the arm64 venv on the natively built kernels.
+    local tests
+    tests=$(cd "$ARM64_ROOT$GUEST_SRC" && ls tests/test_kernel*.py tests/test_native*.py \
+            tests/test_decode*.py 2>/dev/null | tr '\n' ' ' || true)
+    if [ -z "$tests" ]; then echo "no kernel tests in the tree yet"; return 0; fi
+    # Run from a copy without the source package so the *installed* (arm64-built) one is used.
+    in_root /bin/sh -c "rm -rf /root/ktest && mkdir /root/ktest && cp -r $GUEST_SRC/tests \
+        $GUEST_SRC/pyproject.toml /root/ktest/ && cd /root/ktest && \
+        EDGECALL_SHARED_DATA=/data $GUEST_VENV/bin/python -m pytest -q -x -m 'not slow' \
+        -p no:cacheprovider $tests" 2>&1 | tail -15 | tee "$RUN_DIR/kernel-tests.txt"
+    return "${PIPESTATUS[0]}"
+}
+
+cross_build() {
+    # Host-side cross compile with Debian's aarch64 gcc (issue 4's ARM check).
+    EDGECALL_ARM64_ROOT="$ARM64_ROOT" "$HOST_PY" "$REPO/scripts/arm64_cross.py" \
+        --src "$RUN_DIR/x86-src" --root "$ARM64_ROOT" --venv "$GUEST_VENV" \
+        --out "$RUN_DIR/cross"
+}
+
+cross_run() {
+    # The cross-built .so files, loaded by the emulated arm64 Python: import + kernel tests.
+    local tests
+    tests=$(cd "$RUN_DIR/x86-src" && ls tests/test_kernel*.py 2>/dev/null | tr '\n' ' ' || true)
+    rm -rf "$ARM64_ROOT/root/cross" && cp -r "$RUN_DIR/cross/pkg" "$ARM64_ROOT/root/cross"
+    cp -r "$RUN_DIR/x86-src/tests" "$RUN_DIR/x86-src/pyproject.toml" "$ARM64_ROOT/root/cross/"
+    in_root /bin/sh -c "cd /root/cross && PYTHONPATH=/root/cross $GUEST_VENV/bin/python -c \
+        'import edgecall._kernels as k, pkgutil; ms=[m.name for m in pkgutil.iter_modules(k.__path__)]; \
+         [__import__(\"edgecall._kernels.\"+m) for m in ms]; print(\"cross-built kernels import:\", ms)' \
+        && if [ -n '$tests' ]; then PYTHONPATH=/root/cross $GUEST_VENV/bin/python -m pytest -q -x \
+        -m 'not slow' -p no:cacheprovider $tests 2>&1 | tail -5; fi"
+}
+
+neon_report() {
+    local native_so
+    native_so=$(find "$ARM64_ROOT$GUEST_VENV/lib" -path '*edgecall/_kernels/*.so' 2>/dev/null | sort)
+    "$HOST_PY" "$REPO/scripts/arm64_neon_report.py" --native $native_so \
+        --cross "$RUN_DIR"/cross/pkg/edgecall/_kernels/*.so \
+        --flags "$(cat "$RUN_DIR/cross/flags.txt" 2>/dev/null || echo '?')" \
+        --out "${WRITE_REPORT:+$OUT/neon_report.md}"
+}
+
+basecall_compare() {
+    EDGECALL_BIND="$SHARED:/data" "$HOST_PY" "$REPO/scripts/arm64_basecall.py" \
+        --root "$ARM64_ROOT" --venv "$GUEST_VENV" --x86-src "$RUN_DIR/x86-src" \
+        --run-dir "$RUN_DIR" --shared "$SHARED" --engines "$ENGINES" \
+        --max-reads "$MAX_READS" ${MODEL:+--model "$MODEL"} ${READS:+--reads "$READS"} \
+        --out "${WRITE_REPORT:+$OUT/basecall.md}"
+}
+
+FAILED=0
+run_step() { step "$@" || FAILED=$((FAILED + 1)); }
+
+build_rootfs $REBUILD
+run_step "copy clean project tree ($TREE) into root" copy_tree
+run_step "venv (python3 -m venv)" make_venv
+run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
+run_step "optional wheels + imports" probe_wheels
+run_step "kernel tests inside root (natively built)" kernel_tests_in_root
+run_step "cross-compile kernels (aarch64-linux-gnu-gcc)" cross_build
+run_step "cross-built kernels under qemu-aarch64" cross_run
+run_step "NEON/sdot disassembly report" neon_report
+if [ -z "$SKIP_BASECALL" ]; then
+    run_step "basecall arm64 vs x86 + compare" basecall_compare
+fi
+
+TOTAL=$(( $(date +%s) - T_START ))
+echo
+echo "=== arm64-check timings (QEMU_CPU=$QEMU_CPU, root $ARM64_ROOT) ==="
+cat "$STEP_LOG"
+echo "total: ${TOTAL}s, failed steps: $FAILED"
+if [ -n "$WRITE_REPORT" ]; then
+    {
+        echo "# arm64 check timings"
+        echo
+        echo "Generated by \`scripts/arm64-check.sh\` on $(date -u +%FT%TZ) (host: $(nproc) cores," \
+             "emulation: proot + qemu-aarch64-static, QEMU_CPU=$QEMU_CPU, nice -n 10, shared with" \
+             "other jobs). Tree: $TREE ($(git -C "$REPO" rev-parse --short HEAD))."
+        echo
+        echo '```'
+        cat "$STEP_LOG"
+        echo "total: ${TOTAL}s, failed steps: $FAILED"
+        echo '```'
+        if [ -f "$RUN_DIR/wheels.txt" ]; then
+            echo; echo "## What installs on arm64 (Debian bookworm, Python 3.11, pip from PyPI)"
+            echo; echo '```'; cat "$RUN_DIR/wheels.txt"; echo '```'
+        fi
+    } > "$OUT/timings.md"
+fi
+exit $((FAILED > 0))

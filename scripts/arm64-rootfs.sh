@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Build (or reuse) a cached Debian bookworm arm64 root file system for the emulated
+# Raspberry Pi check, without binfmt_misc or any kernel setup:
+#   debootstrap --foreign (host, downloads + unpacks) then the second stage inside
+#   `proot -0 -q qemu-aarch64-static` (user-mode emulation, fake root).
+# The root lives OUTSIDE the repository (EDGECALL_ARM64_ROOT, default
+# /work/cache/arm64-rootfs) and is rebuilt when missing or incomplete.
+#
+# Usage: scripts/arm64-rootfs.sh            # build if missing, print timings
+#        scripts/arm64-rootfs.sh --rebuild  # delete and rebuild
+# Sourced by scripts/arm64-check.sh for the `in_root` helper.
+set -euo pipefail
+
+ARM64_ROOT="${EDGECALL_ARM64_ROOT:-/work/cache/arm64-rootfs}"
+ARM64_MIRROR="${EDGECALL_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+ARM64_SUITE=bookworm
+# Debian packages a Pi user has on Raspberry Pi OS (bookworm) + what `pip install .` needs.
+ARM64_PACKAGES="python3,python3-venv,python3-dev,python3-pip,gcc,libc6-dev,libgomp1,ca-certificates,binutils"
+export QEMU_CPU="${QEMU_CPU:-max}"   # max exposes NEON + dotprod (+ more) to the guest
+NICE="nice -n 10"
+
+_now() { date +%s.%N; }
+# step NAME CMD... : run a step and record how long it took.
+STEP_LOG="${STEP_LOG:-$(mktemp /tmp/edgecall-arm64-steps.XXXXXX)}"
+export STEP_LOG
+step() {
+    local name="$1"; shift
+    local t0 t1 rc
+    echo "==> [$(date -u +%H:%M:%S)] $name" >&2
+    t0=$(_now)
+    set +e; "$@"; rc=$?; set -e
+    t1=$(_now)
+    printf '%-48s %8.1f s  %s\n' "$name" "$(awk "BEGIN{print $t1 - $t0}")" \
+        "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" | tee -a "$STEP_LOG" >&2
+    return $rc
+}
+
+need_host_tools() {
+    local missing=()
+    for t in debootstrap proot qemu-aarch64-static aarch64-linux-gnu-objdump; do
+        command -v "$t" >/dev/null || missing+=("$t")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "arm64-check: missing host tools: ${missing[*]} (apt-get install debootstrap" \
+             "proot qemu-user-static binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu)" >&2
+        return 1
+    fi
+}
+
+# in_root CMD... : run CMD inside the arm64 root (fake root, emulated CPU), nice'd.
+# Binds /dev /proc /sys, the host's local wheel mirrors (so the host pip settings that
+# point at them resolve) and EDGECALL_BIND ("host:guest" pairs, space separated).
+in_root() {
+    local binds=(-b /dev -b /proc -b /sys -b /etc/resolv.conf)
+    local d
+    for d in /opt/wheels /opt/pypi /opt/pypi-more; do
+        [ -d "$d" ] && binds+=(-b "$d")
+    done
+    for d in ${EDGECALL_BIND:-}; do binds+=(-b "$d"); done
+    env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        $(env | grep -E '^PIP_' | grep -v '^PIP_FIND_LINKS=' || true) \
+        $NICE proot -0 -r "$ARM64_ROOT" -q qemu-aarch64-static "${binds[@]}" -w /root "$@"
+}
+
+rootfs_ok() { [ -f "$ARM64_ROOT/.edgecall-rootfs-ok" ]; }
+
+first_stage() {
+    rm -rf "$ARM64_ROOT"; mkdir -p "$(dirname "$ARM64_ROOT")"
+    $NICE debootstrap --foreign --arch=arm64 --variant=minbase \
+        --include="$ARM64_PACKAGES" "$ARM64_SUITE" "$ARM64_ROOT" "$ARM64_MIRROR"
+}
+
+second_stage() {
+    # proot cannot create device nodes etc.; debootstrap's second stage still completes
+    # because /dev /proc /sys are bound from the host.
+    # In a container debootstrap symlinks /proc to the host's; proot needs a directory.
+    if [ -L "$ARM64_ROOT/proc" ]; then rm -f "$ARM64_ROOT/proc"; mkdir "$ARM64_ROOT/proc"; fi
+    # `[ -x ]` is unreliable under proot+qemu, so name the debootstrap dir explicitly.
+    in_root /bin/sh -c 'DEBOOTSTRAP_DIR=/debootstrap exec /bin/sh /debootstrap/debootstrap --second-stage'
+}
+
+host_settings() {
+    # pip settings and CA certificates of the host, so pip inside reaches the index
+    # exactly as it does outside (a proxying/TLS-intercepting network needs the host CA).
+    install -d "$ARM64_ROOT/etc/xdg" "$ARM64_ROOT/usr/local/share/ca-certificates"
+    [ -f /etc/pip.conf ] && cp /etc/pip.conf "$ARM64_ROOT/etc/pip.conf"
+    [ -d /etc/xdg/pip ] && rm -rf "$ARM64_ROOT/etc/xdg/pip" && cp -r /etc/xdg/pip "$ARM64_ROOT/etc/xdg/pip"
+    cp /etc/ssl/certs/ca-certificates.crt "$ARM64_ROOT/usr/local/share/ca-certificates/host-bundle.crt"
+    cp /etc/ssl/certs/ca-certificates.crt "$ARM64_ROOT/etc/ssl/certs/ca-certificates.crt"
+    cp /etc/resolv.conf "$ARM64_ROOT/etc/resolv.conf" 2>/dev/null || true
+    printf 'APT::Sandbox::User "root";\n' > "$ARM64_ROOT/etc/apt/apt.conf.d/99proot"
+}
+
+smoke() {
+    in_root /bin/sh -c 'uname -m; python3 --version; gcc --version | head -1;
+        grep -m1 -o "asimddp" /proc/cpuinfo || echo "(no asimddp in emulated /proc/cpuinfo)"'
+}
+
+build_rootfs() {
+    need_host_tools
+    if [ "${1:-}" = "--rebuild" ]; then rm -rf "$ARM64_ROOT"; fi
+    if rootfs_ok; then
+        echo "arm64 root: reusing cached $ARM64_ROOT" >&2
+        return 0
+    fi
+    if [ ! -f "$ARM64_ROOT/debootstrap/debootstrap" ]; then
+        step "rootfs: debootstrap --foreign (download+unpack)" first_stage
+    fi
+    step "rootfs: second stage under proot+qemu" second_stage
+    step "rootfs: host pip settings + CA certificates" host_settings
+    step "rootfs: smoke test (python3, gcc)" smoke
+    date -u +%FT%TZ > "$ARM64_ROOT/.edgecall-rootfs-ok"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    build_rootfs "${1:-}"
+    echo "--- timings ---"; cat "$STEP_LOG"
+fi

@@ -1,0 +1,245 @@
+"""Basecall the same reads on emulated arm64 and on x86 with every engine, and compare.
+
+Driven by ``scripts/arm64-check.sh`` after the arm64 venv exists. The x86
+reference uses the *same* clean tree, installed into a host venv (with the
+host's site packages, kernels built for x86). For each engine the arm64 output
+is compared read by read with the x86 output of the same engine and with x86
+onnxruntime FP32: onnxruntime must give identical sequences; the other engines
+must have at least ``MIN_IDENTICAL`` of bases identical (1 - edit distance /
+longer length, summed over reads). Engines that do not install or do not
+support the model are reported as such, not failed.
+
+Usage::
+
+    python scripts/arm64_basecall.py --root ROOT --venv /root/venv --x86-src TREE \
+        --run-dir DIR --shared ../shared/data [--model DIR] [--reads POD5] [--out MD]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MIN_IDENTICAL = 0.995
+#: a few real reads per pore chemistry (relative to shared/data)
+DEFAULT_READS = {
+    "r9.4.1": "r9.4.1/ecoli/reads.pod5",
+    "r10.4.1": "r10.4.1/dorado_tests/chr1_MAT.pod5",
+    "r10.4": "r10.4.1/dorado_tests/multi_read_r10.4_q20ea.pod5",
+}
+GUEST_DATA = "/data"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One basecall run."""
+
+    engine: str
+    arch: str
+    ok: bool
+    seconds: float
+    reads: dict[str, str]
+    message: str
+
+
+def read_fastq(path: Path) -> dict[str, str]:
+    """read id -> sequence of a FASTQ file."""
+    out: dict[str, str] = {}
+    lines = path.read_text().splitlines() if path.exists() else []
+    for i in range(0, len(lines) - 3, 4):
+        out[lines[i][1:].split()[0]] = lines[i + 1]
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, one numpy row per character of ``a``."""
+    if a == b:
+        return 0
+    if not a or not b:
+        return max(len(a), len(b))
+    bb = np.frombuffer(b.encode(), dtype=np.uint8)
+    j = np.arange(len(b) + 1)
+    prev = j.copy()
+    for i, ch in enumerate(a.encode(), start=1):
+        diag = prev[:-1] + (bb != ch)
+        up = prev[1:] + 1
+        best = np.empty_like(prev)
+        best[0] = i
+        best[1:] = np.minimum(diag, up)
+        # left neighbour: cur[j] = min_k<=j (best[k] + j - k)
+        prev = np.minimum.accumulate(best - j) + j
+    return int(prev[-1])
+
+
+def compare(ref: dict[str, str], got: dict[str, str]) -> tuple[int, int, float]:
+    """(reads compared, reads identical, fraction of identical bases)."""
+    ids = sorted(set(ref) & set(got))
+    same = sum(ref[i] == got[i] for i in ids)
+    total = sum(max(len(ref[i]), len(got[i])) for i in ids)
+    diff = sum(edit_distance(ref[i], got[i]) for i in ids)
+    missing = sum(len(ref[i]) for i in set(ref) ^ set(got) if i in ref)
+    frac = 1.0 - (diff + missing) / max(1, total + missing)
+    return len(ids), same, frac
+
+
+def pick_model(src: Path, run_dir: Path, model: Path | None) -> Path:
+    """The model folder: --model, else the first bundled one, else the test level model."""
+    if model is not None:
+        return model
+    for card in sorted((src / "models").glob("*/card.toml")):
+        return card.parent
+    sys.path.insert(0, str(src / "tests"))
+    from modelkit import make_test_model  # the lead's test kit (plumbing model)
+
+    folder = run_dir / "level_model"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    make_test_model(folder)
+    print(f"no trained model in models/: using the test level model {folder}", flush=True)
+    return folder
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """Run ``cmd``; (exit code, seconds, last stderr lines)."""
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return res.returncode, time.monotonic() - t0, "\n".join(res.stderr.strip().splitlines()[-3:])
+
+
+def in_root(root: Path, cmd: str) -> list[str]:
+    """proot + qemu command line running ``cmd`` in the arm64 root (see arm64-rootfs.sh)."""
+    script = Path(__file__).with_name("arm64-rootfs.sh")
+    return ["bash", "-c", f'source "{script}"; ARM64_ROOT="{root}"; in_root /bin/sh -c "$0"', cmd]
+
+
+def x86_venv(src: Path, run_dir: Path) -> Path:
+    """A host venv with the same tree installed (x86 kernels built by setup.py)."""
+    venv = run_dir / "x86-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)
+    subprocess.run(["nice", "-n", "10", str(venv / "bin/pip"), "install", "-q", "--no-deps",
+                    "--no-build-isolation", str(src)], check=True)
+    return venv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--venv", default="/root/venv")
+    ap.add_argument("--x86-src", type=Path, required=True)
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--shared", type=Path, required=True)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--reads", type=Path)
+    ap.add_argument("--max-reads", type=int, default=3)
+    ap.add_argument("--engines", default="onnx native tflite")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+
+    model = pick_model(args.x86_src, args.run_dir, args.model)
+    card = tomllib.loads((model / "card.toml").read_text())
+    pore = card.get("chemistry", {}).get("pore", "r9.4.1")
+    reads = args.reads or args.shared / DEFAULT_READS.get(pore, DEFAULT_READS["r9.4.1"])
+    if not reads.exists():
+        print(f"arm64_basecall: {reads}: no such reads file (is ../shared/data there?)")
+        return 1
+    if args.shared.resolve() in reads.resolve().parents:
+        guest_reads = f"{GUEST_DATA}/{reads.resolve().relative_to(args.shared.resolve())}"
+    else:  # copy outside reads into the root's tmp (never into the repository)
+        shutil.copy2(reads, args.root / "tmp" / reads.name)
+        guest_reads = f"/tmp/{reads.name}"
+    guest_model = args.root / "root/model"
+    shutil.rmtree(guest_model, ignore_errors=True)
+    shutil.copytree(model, guest_model)
+    out_dir = args.run_dir / "basecall"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    (args.root / "root/out").mkdir(exist_ok=True)
+
+    t0 = time.monotonic()
+    venv = x86_venv(args.x86_src, args.run_dir)
+    print(f"x86 venv + install: {time.monotonic() - t0:.1f} s", flush=True)
+    common = ["basecall", "--threads", str(args.threads), "--max-reads", str(args.max_reads),
+              "--no-progress"]
+    runs: dict[tuple[str, str], Run] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for engine in args.engines.split():
+        fq = out_dir / f"x86-{engine}.fastq"
+        rc, secs, err = timed(["nice", "-n", "10", str(venv / "bin/edgecall"), *common,
+                               "--engine", engine, "--model", str(model), "-o", str(fq),
+                               str(reads)], env)
+        runs[(engine, "x86")] = Run(engine, "x86", rc == 0, secs, read_fastq(fq), err)
+        gfq = f"/root/out/arm64-{engine}.fastq"
+        (args.root / gfq.lstrip("/")).unlink(missing_ok=True)
+        cmd = (f"OMP_NUM_THREADS={args.threads} {args.venv}/bin/edgecall {' '.join(common)} "
+               f"--engine {engine} --model /root/model -o {gfq} {guest_reads}")
+        rc, secs, err = timed(in_root(args.root, cmd))
+        host_fq = args.root / gfq.lstrip("/")
+        if host_fq.exists():
+            shutil.copy2(host_fq, out_dir / f"arm64-{engine}.fastq")
+        runs[(engine, "arm64")] = Run(engine, "arm64", rc == 0, secs, read_fastq(host_fq), err)
+        for arch in ("x86", "arm64"):
+            r = runs[(engine, arch)]
+            state = "ok" if r.ok else f"FAILED: {r.message.splitlines()[-1] if r.message else ''}"
+            print(f"{arch:6s} {engine:7s} {r.seconds:7.1f} s  {len(r.reads)} reads  {state}",
+                  flush=True)
+
+    ref = runs.get(("onnx", "x86"))
+    lines = ["# arm64 (emulated) vs x86 basecalls (generated)", "",
+             f"Generated by `scripts/arm64-check.sh` on "
+             f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}. Model: "
+             f"`{card.get('name', model.name)}` ({model}); reads: `{reads}` (first "
+             f"{args.max_reads}); `--threads {args.threads}`. arm64 = Debian bookworm "
+             "root under proot + qemu-aarch64-static (QEMU_CPU=max), so its seconds are "
+             "emulation time, not Pi speed. Pass rule: onnx identical sequences; other "
+             f"engines >= {MIN_IDENTICAL:.1%} identical bases (1 - edit distance / longer "
+             "length, over all reads).", "",
+             "| engine | x86 s | arm64 s | reads x86/arm64 | arm64 vs x86 same engine "
+             "| arm64 vs x86 onnx | result |", "|---|---:|---:|---|---|---|---|"]
+    failures = 0
+    for engine in args.engines.split():
+        x, a = runs[(engine, "x86")], runs[(engine, "arm64")]
+        if not a.ok or not a.reads:
+            why = (a.message.splitlines() or ["?"])[-1][:140]
+            lines.append(f"| {engine} | {x.seconds:.1f} | {a.seconds:.1f} | "
+                         f"{len(x.reads)}/{len(a.reads)} | - | - | not run on arm64: {why} |")
+            if engine == "onnx":
+                failures += 1
+            continue
+        cells = []
+        verdict = "pass"
+        for refrun in (x, ref):
+            if refrun is None or not refrun.reads:
+                cells.append("-")
+                continue
+            n, same, frac = compare(refrun.reads, a.reads)
+            cells.append(f"{same}/{n} reads identical, {frac:.4%} bases")
+            need_exact = engine == "onnx" and refrun is x
+            if (need_exact and same != n) or frac < MIN_IDENTICAL or n == 0:
+                verdict = "FAIL"
+        if verdict == "FAIL":
+            failures += 1
+        lines.append(f"| {engine} | {x.seconds:.1f} | {a.seconds:.1f} | "
+                     f"{len(x.reads)}/{len(a.reads)} | {cells[0]} | {cells[1]} | {verdict} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
