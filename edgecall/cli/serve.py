@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                               "can also be set as EDGECALL_<OPTION> in the environment "
                               "(e.g. EDGECALL_WATCH, EDGECALL_POLL_INTERVAL).")
     add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(func=run)
     return p
 
 
@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true",
                    help="exit 0 once every file present has been handled")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
-                   help="DEBUG | INFO | WARNING (default INFO)")
+                   help="DEBUG | INFO | WARNING (default INFO; -v/-vv can only lower it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +84,14 @@ def run(args: argparse.Namespace) -> int:
     if args.watch is None or args.output is None:
         raise EdgecallError("edgecall serve: --watch and --output are required "
                             "(or EDGECALL_WATCH and EDGECALL_OUTPUT)")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=str(args.log_level).upper(), stream=sys.stderr,
+    level = logging.getLevelName(str(args.log_level).upper())
+    if not isinstance(level, int):
+        raise EdgecallError(f"--log-level {args.log_level!r}: use DEBUG, INFO or WARNING")
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(min(root.level or level, level))
     for name in ("poll_interval", "settle", "telemetry_interval"):
         if getattr(args, name) < 0:
             raise EdgecallError(f"--{name.replace('_', '-')} must be >= 0")

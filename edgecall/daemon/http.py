@@ -240,7 +240,7 @@ class MetricsServer:
 class ProcessProbe:
     """Process figures from :mod:`edgecall.telemetry` (psutil fallback), thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, sample_interval: float = 2.0) -> None:
         self._lock = threading.Lock()
         self._peak = 0
         try:
@@ -248,6 +248,12 @@ class ProcessProbe:
             self._telemetry: Any = telemetry
         except ImportError:
             self._telemetry = None
+        configure = getattr(self._telemetry, "configure", None)
+        if configure is not None:
+            try:
+                configure(interval=sample_interval)  # one slow background sampler
+            except Exception as exc:  # noqa: BLE001 - telemetry must not break serving
+                log.warning("telemetry sampler not started: %s", exc)
         self._last: tuple[float, float] | None = None
 
     def snapshot(self) -> dict[str, Any]:
