@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-STEPS = ("data", "simulate", "teacher", "train", "evaluate", "prune", "quantize", "export",
-         "report")
+STEPS = ("data", "data_bam", "simulate", "teacher", "train", "evaluate", "prune", "quantize",
+         "export", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
