@@ -199,3 +199,21 @@ def test_short_real_profile(shared_data: Path, tiny_model: Path) -> None:
     assert rep.inputs["sample_rates"] == [4000] and rep.inputs["reads"] == 8
     assert r.channels == pytest.approx(r.samples / 4000 / r.wall_s, rel=1e-3)
     assert np.isfinite(r.cpu_percent) and r.cpu_percent > 0
+
+
+def test_bench_compare_runs(tiny_model: Path, coded_pod5: tuple[Path, dict[str, str]],
+                            tmp_path: Path) -> None:
+    path, _ = coded_pod5
+    js = tmp_path / "cmp.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), str(path),
+                          "--model", str(tiny_model), "--engines", "onnx,nosuch",
+                          "--chunks", "16", "--batch-size", "4", "--repeat", "1",
+                          "--json", str(js)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads(js.read_text())}
+    assert rows["bare onnxruntime fp32"]["ratio"] == 1.0
+    assert rows["edgecall onnx"]["max_abs_diff"] < 1e-5 and rows["edgecall onnx"]["ratio"] > 0
+    assert "unknown engine" in rows["edgecall nosuch"]["error"]
+    assert rows["edgecall pipeline (onnx, reads->bases)"]["samples_per_s"] > 0
+    assert "x bare ort" in res.stdout
