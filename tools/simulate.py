@@ -3,13 +3,17 @@
 Signal model, per read:
 
 - each base holds the level of the k-mer around it (``shift`` = the k-mer
-  position of the current base, as in uncalled4) for a dwell drawn from a
-  rounded gamma distribution with mean ``sample_rate / bases_per_s`` samples
-  and at least ``min_dwell`` samples; with probability ``stall_prob`` a base
-  stalls for an extra exponential number of samples (mean ``stall_mean`` dwells);
+  position of the current base, as in uncalled4) for ``min_dwell`` samples plus
+  a rounded log-normal number (sigma ``dwell_sigma``), with mean
+  ``sample_rate / bases_per_s`` samples in all; with probability ``stall_prob``
+  a base stalls for an extra exponential number of samples (mean ``stall_mean``
+  dwells). Dorado move tables of real R10.4.1 reads at 4 kHz (remora_can) show
+  median 10, mean 13 samples per base, a long right tail;
 - each sample is ``level + event jitter + sample noise``, where the event jitter
   (one draw per base) and the per-sample noise together have the table's sd
-  (``event_sd_frac`` is the share of the variance that is per event);
+  (``event_sd_frac`` is the share of the variance that is per event: R10.4.1
+  table sds (~5 pA) are mostly per-event spread, as real reads have ~2 pA
+  sample-to-sample noise; the R9.4.1 table's 1.5 pA is per-sample noise);
 - a slow random-walk drift (``drift_pa`` pA per second) and a per-read
   shift/scale (``read_shift_sd`` pA, ``read_scale_sd``) are added on top;
 - the pA signal is digitised with the chemistry's ADC calibration
@@ -98,7 +102,7 @@ CHEMISTRIES: dict[str, Chemistry] = {
         name="r10.4.1", k=9, shift=6, kmer_file="dna_r10.4.1_400bps_9mer.tsv.gz",
         sample_rate=5000, bases_per_s=400.0, flow_cell_product_code="FLO-PRO114M",
         sequencing_kit="sqk-lsk114", adc_min=0, adc_max=2047, calib_offset=-253.0,
-        calib_range=299.43, event_sd_frac=0.5, n_channels=3000, system_type="PRO-PRC048",
+        calib_range=299.43, event_sd_frac=0.8, n_channels=3000, system_type="PRO-PRC048",
         sequencer_position_type="promethion",
         basecall_config="dna_r10.4.1_e8.2_400bps_5khz_hac_prom.cfg"),
 }
@@ -109,8 +113,8 @@ class SignalParams:
     """Knobs of the signal model (see the module docstring); defaults are realistic."""
 
     min_dwell: int = 2
-    dwell_shape: float = 2.5  # gamma shape: larger = more regular dwells
-    stall_prob: float = 0.003
+    dwell_sigma: float = 0.7  # log-normal sigma of the dwell above min_dwell
+    stall_prob: float = 0.004
     stall_mean: float = 15.0  # extra stall length in mean dwells
     noise_scale: float = 1.0  # multiplies the table sd
     event_sd_frac: float | None = None  # None = the chemistry's value
@@ -287,10 +291,10 @@ def base_kmers(codes: np.ndarray, model: KmerModel, rng: np.random.Generator) ->
 
 def draw_dwells(n: int, mean: float, rng: np.random.Generator,
                 params: SignalParams) -> np.ndarray:
-    """Per-base dwell in samples: min_dwell + rounded gamma, mean ``mean``, plus stalls."""
-    extra = max(mean - params.min_dwell, 0.0)
-    scale = extra / params.dwell_shape
-    dwell = params.min_dwell + np.rint(rng.gamma(params.dwell_shape, scale, n)).astype(np.int64)
+    """Per-base dwell in samples: min_dwell + rounded log-normal, mean ``mean``, plus stalls."""
+    extra = max(mean - params.min_dwell, 1e-9)
+    mu = np.log(extra) - params.dwell_sigma**2 / 2
+    dwell = params.min_dwell + np.rint(rng.lognormal(mu, params.dwell_sigma, n)).astype(np.int64)
     stalls = rng.random(n) < params.stall_prob
     if stalls.any():
         dwell[stalls] += np.rint(rng.exponential(params.stall_mean * mean, int(stalls.sum()))
