@@ -77,15 +77,6 @@ def greedy_ref(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return labels, base_p, moves
 
 
-_BACKEND_GREEDY = greedy_ref
-
-
-def set_backend(greedy) -> None:  # type: ignore[no-untyped-def]
-    """Install a compiled greedy implementation (called by the kernels backend)."""
-    global _BACKEND_GREEDY
-    _BACKEND_GREEDY = greedy
-
-
 def decode(logp: np.ndarray, alphabet: str = "NACGT", *, method: str = "greedy",
            beam_width: int = 5) -> Decoded:
     """Decode one read's ``[F, C]`` log-posteriors.
@@ -97,7 +88,8 @@ def decode(logp: np.ndarray, alphabet: str = "NACGT", *, method: str = "greedy",
     alphabet : str
         Class labels; ``alphabet[0]`` is the blank.
     method : {"greedy", "beam"}
-        Decoder. Beam search is provided by the native kernels.
+        Decoder: best path, or CTC prefix beam search (a base's probability is
+        then its label's best posterior from its frame to the next base's).
     beam_width : int
         Beams kept per frame for ``method="beam"``.
 
@@ -109,11 +101,14 @@ def decode(logp: np.ndarray, alphabet: str = "NACGT", *, method: str = "greedy",
     logp = np.ascontiguousarray(logp, dtype=np.float32)
     if logp.ndim != 2 or logp.shape[1] != len(alphabet):
         raise ValueError(f"posteriors must be [F, {len(alphabet)}], got {logp.shape}")
+    from edgecall.kernels_backend import kernels
+
     if method == "greedy":
-        labels, probs, moves = _BACKEND_GREEDY(logp)
+        labels, probs, moves = kernels().greedy(logp)
     elif method == "beam":
-        from edgecall import beam  # type: ignore[attr-defined]
-        labels, probs, moves = beam.beam_search(logp, beam_width)
+        if beam_width < 1:
+            raise ValueError(f"beam width must be >= 1, got {beam_width}")
+        labels, probs, moves = kernels().beam_search(logp, int(beam_width))
     else:
         raise ValueError(f"unknown decoder {method!r} (greedy or beam)")
     table = np.frombuffer(alphabet.encode(), dtype=np.uint8)

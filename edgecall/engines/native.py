@@ -1,0 +1,83 @@
+"""The native engine: edgecall's own kernels running the model's ONNX file (fp32 or QDQ int8).
+
+The ONNX graph is read with ``onnx`` and lowered once into a short list of
+steps over channels-last ``[N, T, C]`` tensors, fusing as it goes: folded
+BatchNorm, bias, ReLU/Clip/SiLU and the residual Add go into the producing
+convolution's epilogue; in QDQ models a ``DequantizeLinear -> Conv ->
+QuantizeLinear`` chain becomes one int8 convolution with int32 accumulation and
+requantisation (ReLU/Clip narrow its clamp range), ``Add`` of two quantised
+tensors becomes a quantised add, ``Transpose [N,C,T] -> [N,T,C]`` is free (the
+data already is channels-last), and ``DequantizeLinear`` of a tensor is a view.
+Supported ops: Conv (any groups, dilation 1), BatchNormalization, Relu, Clip,
+Sigmoid, Mul, Add, MatMul (output projection), Transpose, LogSoftmax, Softmax,
+Identity, QuantizeLinear, DequantizeLinear; anything else raises
+:class:`~edgecall.errors.UnsupportedGraph` naming the op and node.
+
+Buffers are planned by liveness and allocated once per batch shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgecall.engines import native_ops as ops
+from edgecall.engines.base import check_batch
+from edgecall.errors import ModelError, UnsupportedGraph
+from edgecall.kernels_backend import Kernels, kernels
+from edgecall.models import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+class NativeEngine:
+    """Runs a supported ONNX model with edgecall's compiled kernels."""
+
+    name = "native"
+
+    def __init__(self, path: str | Path, *, threads: int = 0, pure: bool | None = None) -> None:
+        self.path = Path(path)
+        self.threads = int(threads) if threads and threads > 0 else (os.cpu_count() or 1)
+        self.kern: Kernels = kernels(pure)
+        try:
+            import onnx
+
+            model = onnx.load(str(self.path))
+        except FileNotFoundError:
+            raise ModelError(f"{self.path}: model file not found") from None
+        except Exception as exc:  # onnx raises DecodeError and others
+            raise ModelError(f"{self.path}: not a readable ONNX model: {exc}") from None
+        try:
+            self.program = ops.lower(model.graph)
+        except UnsupportedGraph as exc:
+            raise UnsupportedGraph(f"{self.path}: {exc}") from None
+        self.quantized = self.program.quantized
+        self._plans: dict[tuple[int, int], ops.Plan] = {}
+        log.info("native engine: %s, %d steps (%s), %s, %d threads", self.path.name,
+                 len(self.program.steps), "int8" if self.quantized else "fp32",
+                 self.kern.describe(), self.threads)
+
+    @classmethod
+    def from_model(cls, card: ModelCard, *, threads: int = 0,
+                   variant: str = "fp32") -> "NativeEngine":
+        """Build the engine for a model card's ``variant`` file (``fp32`` or ``int8``)."""
+        return cls(card.variant_path(variant), threads=threads)
+
+    def describe(self) -> str:
+        """The lowered program, one step per line (for logs and debugging)."""
+        return "\n".join(s.describe() for s in self.program.steps)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """[N, 1, T] float32 -> [N, T', C] float32 (a fresh array)."""
+        x = check_batch(batch)
+        n, _, t = x.shape
+        plan = self._plans.get((n, t))
+        if plan is None:
+            if len(self._plans) > 8:
+                self._plans.clear()  # bounded: a few batch shapes are typical
+            plan = ops.Plan(self.program, n, t)
+            self._plans[(n, t)] = plan
+        return plan.execute(x, self.kern, self.threads)
