@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecall.errors import InputError, ModelError
+from edgecall.errors import ChemistryMismatch, InputError, ModelError
 from edgecall.signal import Normalisation, chunk_read, normalise, resample
 from tools.arch import ArchConfig, Block, Student
 
@@ -216,7 +217,29 @@ def export_onnx(model: nn.Module, path: str | Path, *, length: int = 1200) -> Pa
                           output_names=["logprobs"], opset_version=17, dynamo=False,
                           dynamic_axes={"signal": {0: "batch", 2: "samples"},
                                         "logprobs": {0: "batch", 1: "frames"}})
+    graph = onnx.load(str(p))
+    if _inline_identities(graph):
+        onnx.save(graph, str(p))
     return p
+
+
+def _inline_identities(model: onnx.ModelProto) -> bool:
+    """Replace Identity nodes over initializers (deduplicated weights) by copies."""
+    inits = {i.name: i for i in model.graph.initializer}
+    kept, changed = [], False
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy_ = onnx.TensorProto()
+            copy_.CopyFrom(inits[node.input[0]])
+            copy_.name = node.output[0]
+            model.graph.initializer.append(copy_)
+            changed = True
+        else:
+            kept.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return changed
 
 
 # --------------------------------------------------------------------------- data
@@ -236,7 +259,8 @@ def _pod5_files(sources: Sequence[str | Path]) -> list[Path]:
 
 def load_chunks(sources: Sequence[str | Path], *, chunk_size: int, max_chunks: int = 512,
                 sample_rate: int = 4000, norm: Normalisation | None = None,
-                exclude_reads: set[str] | None = None, seed: int = 0) -> np.ndarray:
+                exclude_reads: set[str] | None = None, seed: int = 0,
+                pore: str = "") -> np.ndarray:
     """Normalised real-signal chunks ``[M, chunk_size]`` float32 for calibration/distillation.
 
     Parameters
@@ -254,11 +278,15 @@ def load_chunks(sources: Sequence[str | Path], *, chunk_size: int, max_chunks: i
         The model card's normalisation (default median/MAD).
     exclude_reads : set of str, optional
         Read ids never used (evaluation reads).
+    pore : str, optional
+        The model's pore chemistry; pod5 reads from another chemistry are refused.
 
     Raises
     ------
     InputError
         If no source yields a single chunk.
+    ChemistryMismatch
+        If a pod5 file's flow cell belongs to another chemistry than ``pore``.
     """
     norm = norm or Normalisation("median_mad")
     exclude = exclude_reads or set()
@@ -272,7 +300,8 @@ def load_chunks(sources: Sequence[str | Path], *, chunk_size: int, max_chunks: i
             pieces.append(sig[:, :chunk_size])
     pod5s = [s for s in sources if not str(s).endswith(".npz")]
     if pod5s:
-        pieces += _pod5_chunks(_pod5_files(pod5s), chunk_size, sample_rate, norm, exclude)
+        pieces += _pod5_chunks(_pod5_files(pod5s), chunk_size, sample_rate, norm, exclude,
+                               pore)
     if not pieces:
         raise InputError(f"no calibration chunks of {chunk_size} samples in "
                          f"{', '.join(map(str, sources)) or 'an empty source list'}")
@@ -285,9 +314,11 @@ def load_chunks(sources: Sequence[str | Path], *, chunk_size: int, max_chunks: i
 
 
 def _pod5_chunks(files: list[Path], chunk_size: int, rate: int, norm: Normalisation,
-                 exclude: set[str]) -> list[np.ndarray]:
+                 exclude: set[str], pore: str = "") -> list[np.ndarray]:
     """Whole non-overlapping chunks of every read in ``files``."""
     import pod5
+
+    from edgecall.models import FLOW_CELLS
 
     out: list[np.ndarray] = []
     for path in files:
@@ -295,6 +326,11 @@ def _pod5_chunks(files: list[Path], chunk_size: int, rate: int, norm: Normalisat
             with pod5.Reader(path) as reader:
                 for rec in reader.reads():
                     rid = str(rec.read_id)
+                    fc = rec.run_info.flow_cell_product_code.upper()
+                    got = next((k for k, v in FLOW_CELLS.items() if fc in v), "")
+                    if pore and got and got != pore.lower():
+                        raise ChemistryMismatch(f"{path}: calibration reads are {got} ({fc}) "
+                                                f"but the model is for {pore}")
                     if rid in exclude:
                         continue
                     pa = resample(rec.signal_pa.astype(np.float32),
