@@ -9,7 +9,7 @@ import os
 import sys
 
 STEPS = ("data", "data_bam", "simulate", "teacher", "train", "evaluate", "prune", "quantize",
-         "export", "report")
+         "export", "tflite_export", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
