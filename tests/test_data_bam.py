@@ -266,3 +266,50 @@ def test_hand_checked_remora_can_read(shared_data: Path) -> None:
     for k in (0, 1, 500, 1099):
         assert seg.target_before[73 + k] == k
     assert "".join(ACGT[v] for v in seg.target[:50]) == ref[:50]
+
+
+def test_paf_segmentation_hand_checked() -> None:
+    # 5 samples trimmed; bases 0-1 take 3 and 2 samples, 4 samples without a base, base 2
+    # has no samples (1D), bases 3-4 take 1 and 2 samples; target = bases 1..5 of ACGTACG
+    line = "\t".join(["r1", "20", "5", "17", "+", "r1", "7", "1", "6", "5", "5", "255",
+                      "ss:Z:3,2,4I,1D,1,2,"])
+    seg = db.paf_segmentation(line + "\n", {"r1": "ACGTACG"})
+    assert seg.base_starts.tolist() == [5, 8, 14, 14, 15, 17]
+    assert "".join(ACGT[v] for v in seg.target) == "CGTAC"
+    x = np.arange(20, dtype=np.float32)
+    got = db.cut_chunks(x, seg, chunk_size=6, overlap=3)
+    assert [(s, "".join(ACGT[v] for v in lab)) for s, _, lab in got] == [(5, "CG"), (8, "G"),
+                                                                     (11, "TAC")]
+    with pytest.raises(ValueError, match="length differs"):
+        db.paf_segmentation(line, {"r1": "ACGT"})
+    with pytest.raises(ValueError, match="cover"):
+        db.paf_segmentation(line.replace("ss:Z:3,", "ss:Z:4,"), {"r1": "ACGTACG"})
+    with pytest.raises(ValueError, match="reverse"):
+        db.paf_segmentation(line.replace("\t+\t", "\t-\t"), {"r1": "ACGTACG"})
+
+
+@pytest.mark.realdata
+def test_squigualiser_paf_matches_kmer_table(shared_data: Path) -> None:
+    """Per-base signal means follow the R10.4.1 9-mer table at the simulator's shift (6)."""
+    d = shared_data / "r10.4.1" / "squigualiser"
+    chunks, summary = db.chunks_from_paf([d / "reads.pod5"], d / "set27_moves.paf",
+                                         d / "basecalls.fastq", chunk_size=1800,
+                                         sample_rate=4000)
+    assert summary.reads >= 25 and summary.chunks > 900
+    model = sim.default_kmer_model("r10.4.1")
+    basecalls = db.read_fastq(d / "basecalls.fastq")
+    with open(d / "set27_moves.paf") as fh:
+        fh.readline()  # the first line's ss does not add up to its span
+        seg = db.paf_segmentation(fh.readline(), basecalls)
+    read = next(iter_reads([d / "reads.pod5"], read_ids={seg.read_id}))
+    x = normalise(read.signal_pa(), Normalisation("median_mad"))
+    st = seg.base_starts
+    means = np.add.reduceat(x[st[0]:st[-1]], st[:-1] - st[0]) / np.maximum(np.diff(st), 1)
+    seq = "".join(ACGT[v] for v in seg.target)
+    corr = {}
+    for shift in (5, 6, 7):
+        m = sim.KmerModel(model.k, shift, model.levels, model.sds)
+        level = model.levels[sim.base_kmers(sim.sequence_codes(seq), m,
+                                            np.random.default_rng(0))]
+        corr[shift] = np.corrcoef(means[20:-20], level[20:-20])[0, 1]
+    assert corr[6] > 0.7 and corr[6] > corr[5] + 0.2 and corr[6] > corr[7] + 0.2

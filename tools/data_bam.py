@@ -17,7 +17,9 @@ For every primary mapped BAM record with ``mv``/``ts`` tags (dorado/guppy
    the bases ``i0 <= i < i1`` that start in it and is labelled
    ``ref[ref_before[i0]:ref_before[i1]]``.
 
-Unmapped records can be labelled with their own basecall (``unaligned="basecall"``).
+Unmapped records can be labelled with their own basecall (``unaligned="basecall"``),
+and squigualiser signal-to-basecall PAFs (``ss:Z``) place a FASTQ basecall on
+the signal the same way (:func:`chunks_from_paf`).
 Simulated reads (:mod:`tools.simulate`) are labelled exactly by their true
 ``base_starts``. The output is the dataset format of :mod:`tools.data`
 (``signal``, ``labels``, ``label_len``, ``read_id``, ``start``, ``sample_rate``).
@@ -367,6 +369,92 @@ def chunks_from_bam(pod5_paths: Sequence[str | os.PathLike[str]],
     return chunks, summary
 
 
+def paf_segmentation(line: str, basecalls: dict[str, str]) -> Segmentation:
+    """Segmentation from one squigualiser signal-to-basecall PAF line (``ss:Z`` tag).
+
+    Query = signal samples (columns 3-4: first and end aligned sample), target =
+    the basecall in read orientation (``basecalls`` by read id, strand ``+``).
+    ``ss`` lists samples per base; ``ND`` marks N bases with no samples, ``NI``
+    N samples with no base. The target is the aligned part of the basecall.
+    """
+    f = line.rstrip("\n").split("\t")
+    tags = dict(t.split(":", 2)[0::2] for t in f[12:])
+    if len(f) < 12 or "ss" not in tags:
+        raise ValueError("not a signal PAF line with ss:Z")
+    rid, qstart, qend, strand = f[0], int(f[2]), int(f[3]), f[4]
+    tlen, tstart, tend = int(f[6]), int(f[7]), int(f[8])
+    if strand != "+":
+        raise ValueError("reverse-strand PAF line")
+    if rid not in basecalls:
+        raise ValueError("no basecall for read")
+    if len(basecalls[rid]) != tlen:
+        raise ValueError("basecall length differs from the PAF target")
+    starts, pos = [], qstart
+    for tok in filter(None, tags["ss"].split(",")):
+        if tok.endswith("D"):
+            starts.extend([pos] * int(tok[:-1]))
+        elif tok.endswith("I"):
+            pos += int(tok[:-1])
+        else:
+            starts.append(pos)
+            pos += int(tok)
+    if pos != qend or len(starts) != tend - tstart:
+        raise ValueError("ss does not cover the PAF spans")
+    n = tend - tstart
+    return Segmentation(rid, np.array(starts + [pos], dtype=np.int64),
+                        encode_labels(basecalls[rid][tstart:tend]),
+                        np.arange(n + 1, dtype=np.int64), 0, n, np.ones(n, dtype=bool))
+
+
+def read_fastq(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{read id: sequence}`` from a FASTQ file."""
+    out = {}
+    with open(path) as fh:
+        while header := fh.readline():
+            seq = fh.readline().strip()
+            fh.readline()
+            fh.readline()
+            if header.startswith("@"):
+                out[header[1:].split()[0]] = seq.upper()
+    return out
+
+
+def chunks_from_paf(pod5_paths: Sequence[str | os.PathLike[str]],
+                    paf: str | os.PathLike[str], fastq: str | os.PathLike[str], *,
+                    chunk_size: int, sample_rate: int, overlap: int = 0
+                    ) -> tuple[ChunkSet, BuildSummary]:
+    """Chunks labelled with basecalls placed on the signal by a signal PAF (squigualiser).
+
+    Parameters
+    ----------
+    pod5_paths
+        pod5 files or folders holding the reads.
+    paf
+        Signal-to-basecall PAF with ``ss:Z`` (e.g. squigualiser ``reform`` output).
+    fastq
+        The basecalls the PAF targets (read orientation).
+    chunk_size, sample_rate, overlap
+        As in :func:`chunks_from_bam`.
+    """
+    from edgecall.io.reader import find_pod5, iter_reads
+
+    summary = BuildSummary()
+    basecalls = read_fastq(fastq)
+    segs: dict[str, list[Segmentation]] = {}
+    with open(paf) as fh:
+        for line in fh:
+            try:
+                seg = paf_segmentation(line, basecalls)
+            except (ValueError, IndexError) as exc:
+                summary.skipped[str(exc) if isinstance(exc, ValueError) else "bad line"] += 1
+                continue
+            segs.setdefault(seg.read_id, []).append(seg)
+    reads = iter_reads(find_pod5(list(pod5_paths)), read_ids=set(segs))
+    chunks = _chunks_for_reads(reads, segs, chunk_size=chunk_size, sample_rate=sample_rate,
+                               overlap=overlap, summary=summary)
+    return chunks, summary
+
+
 def chunks_from_simulated(sim_dir: str | os.PathLike[str], *, chunk_size: int,
                           sample_rate: int | None = None, overlap: int = 0
                           ) -> tuple[ChunkSet, BuildSummary]:
@@ -421,6 +509,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bam", help="BAM/SAM with mv/ts (+ MD) tags")
     src.add_argument("--simulated", help="a `tools simulate` output folder")
+    src.add_argument("--paf", help="signal-to-basecall PAF with ss:Z (needs --fastq)")
+    p.add_argument("--fastq", help="basecalls targeted by --paf")
     p.add_argument("--pod5", nargs="+", default=[], help="pod5 files/folders (with --bam)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--chunk-size", type=int, required=True, help="samples at --sample-rate")
@@ -433,23 +523,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _build(args: argparse.Namespace) -> tuple[ChunkSet, BuildSummary]:
+    """Dispatch to the builder the arguments name."""
+    if args.simulated:
+        return chunks_from_simulated(args.simulated, chunk_size=args.chunk_size,
+                                     sample_rate=args.sample_rate, overlap=args.overlap)
+    flag = "--bam" if args.bam else "--paf"
+    if not args.pod5:
+        raise ValueError(f"{flag} needs --pod5 with the reads")
+    if not args.sample_rate:
+        raise ValueError(f"{flag} needs --sample-rate (the model's rate)")
+    if args.paf:
+        if not args.fastq:
+            raise ValueError("--paf needs --fastq with the basecalls")
+        return chunks_from_paf(args.pod5, args.paf, args.fastq, chunk_size=args.chunk_size,
+                               sample_rate=args.sample_rate, overlap=args.overlap)
+    return chunks_from_bam(args.pod5, args.bam, chunk_size=args.chunk_size,
+                           sample_rate=args.sample_rate, overlap=args.overlap,
+                           unaligned=args.unaligned, max_reads=args.max_reads,
+                           min_accuracy=args.min_accuracy)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``data-bam`` from parsed arguments."""
     if args.chunk_size < 1 or args.overlap < 0 or args.chunk_size <= args.overlap:
         raise ValueError("--chunk-size must be positive and larger than --overlap")
-    if args.simulated:
-        chunks, summary = chunks_from_simulated(args.simulated, chunk_size=args.chunk_size,
-                                                sample_rate=args.sample_rate,
-                                                overlap=args.overlap)
-    else:
-        if not args.pod5:
-            raise ValueError("--bam needs --pod5 with the reads")
-        if not args.sample_rate:
-            raise ValueError("--bam needs --sample-rate (the model's rate)")
-        chunks, summary = chunks_from_bam(args.pod5, args.bam, chunk_size=args.chunk_size,
-                                          sample_rate=args.sample_rate, overlap=args.overlap,
-                                          unaligned=args.unaligned, max_reads=args.max_reads,
-                                          min_accuracy=args.min_accuracy)
+    chunks, summary = _build(args)
     if summary.chunks == 0:
         raise ValueError(f"no chunks made (skipped: {dict(summary.skipped) or 'none'})")
     out = save_chunks(args.out, chunks)
