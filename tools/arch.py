@@ -54,12 +54,13 @@ class Block(nn.Module):
         self.bn = nn.BatchNorm1d(c_out)
         self.act = _act(cfg.activation)
         self.skip = cfg.skips and c_in == c_out
+        self.skip_scale = 1.0  # annealed to 0 by SkipClip-style training (not a parameter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, T] -> [N, C, T]."""
         y = self.bn(self.pw(self.dw_bn(self.dw(x))))
-        if self.skip:
-            y = y + x
+        if self.skip and self.skip_scale > 0:
+            y = y + x if self.skip_scale == 1.0 else y + self.skip_scale * x
         return self.act(y)
 
 
@@ -87,6 +88,13 @@ class Student(nn.Module):
         h = self.stem_act(self.stem_bn(self.stem(x)))
         h = self.blocks(h)
         return torch.log_softmax(self.head(h).transpose(1, 2), dim=-1)
+
+
+def set_skip_scale(model: nn.Module, scale: float) -> None:
+    """Scale every residual connection (1 = full skips, 0 = skip-free network)."""
+    for m in model.modules():
+        if isinstance(m, Block):
+            m.skip_scale = float(scale)
 
 
 def count_params(model: nn.Module) -> int:
