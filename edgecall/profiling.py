@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ class SettingResult:
     mean_watts: float | None = None
     energy_j: float | None = None
     j_per_mbase: float | None = None
+    net_j_per_mbase: float | None = None  # energy above the idle baseline (with --idle)
     power_errors: int = 0
 
 
@@ -112,11 +113,13 @@ class ProfileReport:
     power_source: str | None
     machine: dict[str, Any]
     results: tuple[SettingResult, ...] = field(default_factory=tuple)
+    idle_watts: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with every figure (schema ``edgecall.profile/1``)."""
         out: dict[str, Any] = {"schema": SCHEMA}
-        for name in ("created", "model", "inputs", "duration_s", "power_source", "machine"):
+        for name in ("created", "model", "inputs", "duration_s", "power_source", "idle_watts",
+                     "machine"):
             out[name] = getattr(self, name)
         out["power_source"] = self.power_source or telemetry.NO_SENSOR
         out["results"] = []
@@ -225,7 +228,7 @@ def measure(basecaller: Any, setting: Setting, reads: Sequence[Read], duration: 
     for _ in basecaller.call(reads[:1]):  # warm-up: sessions, allocators, caches
         pass
     basecaller.stats = type(basecaller.stats)()
-    sampler = telemetry.Sampler(power, interval=interval).start()
+    sampler = telemetry.Sampler(power, interval=interval, reset_peak=True).start()
     t0 = time.perf_counter()
     n_reads = failed = bases = samples = 0
     signal_s = 0.0
@@ -304,7 +307,8 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
             engines: str | Sequence[str] = "onnx", threads: Sequence[int] = (0,),
             batch_sizes: Sequence[int] = (32,), duration: float = 10.0,
             power_cmd: str | None = None, power: Any = "auto", recursive: bool = False,
-            max_reads: int | None = None, on_result: Any = None) -> ProfileReport:
+            max_reads: int | None = None, idle: float = 0.0,
+            on_result: Any = None) -> ProfileReport:
     """Measure the pipeline on ``paths`` for every engine/threads/batch-size setting.
 
     Parameters
@@ -325,6 +329,9 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
         External power meter command (prints watts).
     power : PowerSource, None or "auto"
         Overrides detection (tests); ``"auto"`` detects.
+    idle : float
+        Seconds of idle power measurement before the runs (0 = none); with it,
+        each result also has the energy per megabase above idle.
     on_result : callable, optional
         Called with each :class:`SettingResult` as soon as it is measured.
 
@@ -338,6 +345,7 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
     reads, files, bad = load_reads(paths, recursive=recursive, max_reads=max_reads)
     card = models.resolve(str(model)) if model else models.select_for(reads[0])
     usable, skipped = _compatible(card, reads)
+    idle_w = measure_idle(src, idle)
     results = []
     unavailable: dict[tuple[str, str], str] = {}  # a missing engine is missing for every setting
     for (eng, variant), t, b in itertools.product(parse_engines(engines), threads, batch_sizes):
@@ -345,7 +353,7 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
         if (eng, variant) in unavailable:
             res = SettingResult(setting=s, available=False, error=unavailable[eng, variant])
         else:
-            res = _measure_setting(card, s, usable, duration, src)
+            res = _with_net_energy(_measure_setting(card, s, usable, duration, src), idle_w)
             if not res.available and res.error and not res.error.startswith("failed:"):
                 unavailable[eng, variant] = res.error
         results.append(res)
@@ -362,7 +370,26 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
                 "samples": int(sum(r.num_samples for r in usable)),
                 "sample_rates": rates, "unreadable": bad, "incompatible": skipped},
         duration_s=float(duration), power_source=src.name if src else None,
-        machine=telemetry.machine_info(), results=tuple(results))
+        machine=telemetry.machine_info(), results=tuple(results), idle_watts=idle_w)
+
+
+def measure_idle(power: telemetry.PowerSource | None, seconds: float) -> float | None:
+    """Mean watts over ``seconds`` with nothing running (None without a sensor)."""
+    if power is None or seconds <= 0:
+        return None
+    sampler = telemetry.Sampler(power, interval=min(0.5, seconds / 4)).start()
+    time.sleep(seconds)
+    watts = sampler.stop().mean_watts
+    log.info("idle power %.2f W", watts or 0.0)
+    return None if watts is None else round(watts, 3)
+
+
+def _with_net_energy(r: SettingResult, idle_w: float | None) -> SettingResult:
+    """Add the J/Mbase above the idle baseline."""
+    if idle_w is None or r.energy_j is None or not r.bases:
+        return r
+    net = (r.energy_j - idle_w * r.wall_s) / (r.bases / 1e6)
+    return replace(r, net_j_per_mbase=round(net, 2))
 
 
 def _compatible(card: Any, reads: list[Read]) -> tuple[list[Read], int]:
@@ -414,8 +441,8 @@ _COLUMNS = (("setting", 18), ("samples/s", 11), ("bases/s", 10), ("channels", 9)
 
 
 def _ms(v: float) -> str:
-    """Milliseconds with 3 significant figures."""
-    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+    """Milliseconds with about 3 significant figures."""
+    return f"{v:.{3 if v < 1 else 2 if v < 10 else 1 if v < 100 else 0}f}"
 
 
 def _fmt_row(r: SettingResult) -> list[str]:
@@ -428,7 +455,8 @@ def _fmt_row(r: SettingResult) -> list[str]:
             f"{r.channels:,.1f}", lat_s, f"{r.rss_peak_mb:.0f}/{r.rss_steady_mb:.0f}",
             f"{r.cpu_percent:.0f}",
             "-" if r.mean_watts is None else f"{r.mean_watts:.2f}",
-            "-" if r.j_per_mbase is None else f"{r.j_per_mbase:,.1f}"]
+            "-" if r.j_per_mbase is None else f"{r.j_per_mbase:,.1f}"
+            + ("" if r.net_j_per_mbase is None else f" ({r.net_j_per_mbase:,.1f} net)")]
 
 
 def format_table(report: ProfileReport) -> str:
@@ -439,7 +467,8 @@ def format_table(report: ProfileReport) -> str:
             f"{report.inputs['reads']} reads, {report.inputs['samples']:,} samples at "
             f"{'/'.join(map(str, report.inputs['sample_rates']))} Hz, "
             f"{report.duration_s:g} s per setting",
-            f"power: {report.power_source or telemetry.NO_SENSOR}"]
+            f"power: {report.power_source or telemetry.NO_SENSOR}"
+            + (f"; idle {report.idle_watts:.2f} W" if report.idle_watts is not None else "")]
     lines = ["  ".join(name.rjust(w) if i else name.ljust(w)
                        for i, (name, w) in enumerate(_COLUMNS))]
     for r in report.results:
@@ -473,7 +502,7 @@ def plot_report(report: ProfileReport, path: str | Path) -> None:
         raise EdgecallError("--plot needs matplotlib: pip install 'edgecall[plot]'") from None
     ok = [r for r in report.results if r.available]
     labels = [r.setting.label for r in ok]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(ok) + 6), 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(min(20.0, max(9.0, 0.9 * len(ok) + 6)), 4.8))
     x = np.arange(len(ok))
     channels = [r.channels for r in ok]
     bars = ax1.bar(x, channels, color="tab:blue")

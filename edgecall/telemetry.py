@@ -467,10 +467,14 @@ class Sampler:
         Seconds between samples.
     keep_rss : int
         RSS samples kept for the steady-state figure (oldest dropped).
+    reset_peak : bool
+        Reset the process's peak RSS (VmHWM, also seen by ``getrusage``) at
+        :meth:`start` so the peak is this run's; only for a process that owns
+        its measurements (``edgecall profile``), never inside the daemon.
     """
 
     def __init__(self, power: PowerSource | None = None, *, interval: float = 0.25,
-                 keep_rss: int = 100_000) -> None:
+                 keep_rss: int = 100_000, reset_peak: bool = False) -> None:
         self.power = power
         self.interval = float(interval)
         self.keep_rss = keep_rss
@@ -478,11 +482,12 @@ class Sampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.reset_peak = reset_peak
         self.peak_reset = False
 
     def start(self) -> Sampler:
         """Reset the counters and start sampling in a daemon thread."""
-        self.peak_reset = reset_peak_rss()
+        self.peak_reset = self.reset_peak and reset_peak_rss()
         now = time.perf_counter()
         self._s = _State(t0=now, cpu0=_cpu_seconds(), last_t=now, last_cpu=_cpu_seconds())
         self._sample_power(now)

@@ -45,7 +45,7 @@ def report(tiny_model: Path, coded_pod5: tuple[Path, dict[str, str]]) -> profili
     path, _ = coded_pod5
     return profiling.profile([path], model=tiny_model, engines="onnx,nosuch,onnx:int8",
                              threads=[1], batch_sizes=[4, 16], duration=0.6,
-                             power=FixedMeter())
+                             power=FixedMeter(), idle=0.3)
 
 
 def _check_schema(d: dict) -> None:
@@ -70,7 +70,7 @@ def test_report_schema_and_figures(report: profiling.ProfileReport, tmp_path: Pa
     report.write_json(out)
     d = json.loads(out.read_text())
     _check_schema(d)
-    assert d["power_source"] == "fixed 5 W meter"
+    assert d["power_source"] == "fixed 5 W meter" and d["idle_watts"] == pytest.approx(5.0)
     by_label = {r["label"]: r for r in d["results"]}
     assert list(by_label) == ["onnx t1 b4", "onnx t1 b16", "nosuch t1 b4", "nosuch t1 b16",
                               "onnx:int8 t1 b4", "onnx:int8 t1 b16"]
@@ -90,6 +90,7 @@ def test_report_schema_and_figures(report: profiling.ProfileReport, tmp_path: Pa
         assert r["batch_latency_ms"]["count"] == lat["count"] > 0
         assert r["mean_watts"] == pytest.approx(5.0)
         assert r["j_per_mbase"] == pytest.approx(r["energy_j"] / (r["bases"] / 1e6), rel=1e-2)
+        assert abs(r["net_j_per_mbase"]) < 0.05 * r["j_per_mbase"]  # a flat 5 W = all idle
         assert r["rss_peak_mb"] >= r["rss_steady_mb"] > 10
 
 
@@ -98,7 +99,8 @@ def test_table_lists_every_setting(report: profiling.ProfileReport) -> None:
     assert "power: fixed 5 W meter" in text
     assert "nosuch t1 b4" in text and "unavailable: unknown engine" in text
     row = next(line for line in text.splitlines() if line.startswith("onnx t1 b16"))
-    assert row.split()[-2] == "5.00"  # mean watts column
+    assert row.split()[-4] == "5.00" and row.endswith("net)")  # W, J/Mbase (net)
+    assert "idle 5.00 W" in text
 
 
 def test_plot_is_a_png(report: profiling.ProfileReport, tmp_path: Path) -> None:
@@ -118,15 +120,17 @@ def _without_power(rep: profiling.ProfileReport) -> profiling.ProfileReport:
     import dataclasses
 
     res = tuple(dataclasses.replace(r, power_source=None, mean_watts=None, energy_j=None,
-                                    j_per_mbase=None) for r in rep.results)
-    return dataclasses.replace(rep, power_source=None, results=res)
+                                    j_per_mbase=None, net_j_per_mbase=None)
+                for r in rep.results)
+    return dataclasses.replace(rep, power_source=None, idle_watts=None, results=res)
 
 
 def test_no_sensor_is_said_not_invented(report: profiling.ProfileReport) -> None:
     d = _without_power(report).to_dict()
     assert d["power_source"] == "no power sensor"
     assert all(r.get("mean_watts") is None for r in d["results"])
-    assert "power: no power sensor" in _without_power(report).table()
+    text = _without_power(report).table()
+    assert "power: no power sensor\n" in text and " W" not in text.split("\n\n")[1]
 
 
 def test_parse_engines_and_replay() -> None:

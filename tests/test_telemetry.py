@@ -251,3 +251,21 @@ def test_machine_info_and_arm_cpuinfo(tmp_path: Path) -> None:
     assert d["model"] == "Cortex-A76" and d["board"] == "Raspberry Pi 5 Model B Rev 1.0"
     assert d["isa"]["neon"] and d["isa"]["dotprod"] and not d["isa"]["i8mm"]
     assert not d["isa"]["avx2"]
+
+
+def test_sampler_peak_rss_catches_short_spikes() -> None:
+    import numpy as np
+
+    big = np.ones(25_000_000)  # 200 MB, then freed: the process's old peak
+    del big
+    if not tm.reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs not writable here")
+    s = tm.Sampler(None, interval=30.0, reset_peak=True).start()
+    spike = np.ones(12_500_000)  # 100 MB between two samples
+    del spike
+    res = s.stop()
+    assert res.samples == 2  # start and stop only: the spike was never sampled
+    assert res.rss_peak_bytes >= res.rss_steady_bytes + 80_000_000
+    assert res.rss_peak_bytes < res.rss_steady_bytes + 180_000_000  # old 200 MB peak reset
+    quiet = tm.Sampler(None, interval=30.0).start()  # no reset: peak from samples only
+    assert quiet.stop().rss_peak_bytes < res.rss_peak_bytes - 80_000_000

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(needs matplotlib: pip install 'edgecall[plot]')")
     p.add_argument("--power-cmd", metavar="CMD", help="command printing the current power in "
                    "watts (an external meter); overrides sensor detection")
+    p.add_argument("--idle", type=float, default=0.0, metavar="S",
+                   help="first measure idle power for S seconds, to also report the energy "
+                   "per megabase above idle (needs a power source)")
     p.set_defaults(func=run)
 
 
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     report = profile(args.paths, model=args.model, engines=args.engine, threads=threads,
                      batch_sizes=args.batch_size, duration=args.duration,
                      power_cmd=args.power_cmd, recursive=args.recursive,
-                     max_reads=args.max_reads, on_result=progress)
+                     max_reads=args.max_reads, idle=args.idle, on_result=progress)
     print(report.table())
     if args.json:
         report.write_json(args.json)
