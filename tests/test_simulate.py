@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
         print(f"tools {args.step}: error: {exc}", file=sys.stderr)
         return 1
 
-BARE = sim.SignalParams(stall_prob=0.0, drift_pa=0.0, read_shift_sd=0.0, read_scale_sd=0.0)
+BARE = sim.SignalParams(stall_prob=0.0, drift_pa=0.0, read_shift_sd=0.0, read_scale_sd=0.0,
+                        substeps=1, noise_ar=0.0)
 SYN6 = sim.synthetic_kmer_model(6, seed=3, shift=2)
 
 
@@ -194,6 +195,25 @@ def test_event_share_of_variance() -> None:
     pa = noisy.signal_pa()
     assert max(np.ptp(pa[a:b]) for a, b in zip(noisy.base_starts[:-1], noisy.base_starts[1:],
                                                 strict=True)) > 3.0
+
+
+def test_substeps_and_correlated_noise() -> None:
+    """R10.4.1 defaults: two jittered sub-levels per base and low-passed per-sample noise."""
+    rng = np.random.default_rng(0)
+    seq = "".join(sim.BASES[i] for i in rng.integers(0, 4, 3000))
+    flat = dict(stall_prob=0, drift_pa=0, read_shift_sd=0, read_scale_sd=0)
+    two = sim.simulate_read(seq, SYN6, rng, sample_rate=4000, bases_per_s=450,
+                            chemistry="r10.4.1", params=sim.SignalParams(**flat,
+                                                                         event_sd_frac=1.0))
+    pa = two.signal_pa()
+    levels = [np.unique(pa[a:b]).size for a, b in zip(two.base_starts[:-1], two.base_starts[1:],
+                                                       strict=True)]
+    assert max(levels) == 2 and np.mean(np.array(levels) == 2) > 0.5
+    for phi in (0.0, 0.7):
+        x = sim._noise(200_000, phi, rng)
+        d = np.diff(x)
+        assert x.std() == pytest.approx(1.0, rel=0.02)
+        assert np.corrcoef(d[:-1], d[1:])[0, 1] == pytest.approx(-(1 - phi) / 2, abs=0.02)
 
 
 def test_synthetic_table_is_plausible() -> None:

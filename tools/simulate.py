@@ -9,11 +9,13 @@ Signal model, per read:
   a base stalls for an extra exponential number of samples (mean ``stall_mean``
   dwells). Dorado move tables of real R10.4.1 reads at 4 kHz (remora_can) show
   median 10, mean 13 samples per base, a long right tail;
-- each sample is ``level + event jitter + sample noise``, where the event jitter
-  (one draw per base) and the per-sample noise together have the table's sd
-  (``event_sd_frac`` is the share of the variance that is per event: R10.4.1
-  table sds (~5 pA) are mostly per-event spread, as real reads have ~2 pA
-  sample-to-sample noise; the R9.4.1 table's 1.5 pA is per-sample noise);
+- each sample is ``level + event jitter + sample noise``; the event jitter and
+  the per-sample noise together have the table's sd, ``event_sd_frac`` of the
+  variance being per event. R10.4.1 (``substeps=2``): each base is two
+  sub-events (random split, each jittered) and the per-sample noise is
+  low-passed (``noise_ar=0.7``), which matches real remora_can/squigualiser
+  reads at 4 kHz (robust sample-to-sample noise ~2.2 pA, near-zero lag-1
+  correlation of differences); R9.4.1's 1.5 pA table sd is per-sample noise;
 - a slow random-walk drift (``drift_pa`` pA per second) and a per-read
   shift/scale (``read_shift_sd`` pA, ``read_scale_sd``) are added on top;
 - the pA signal is digitised with the chemistry's ADC calibration
@@ -85,6 +87,8 @@ class Chemistry:
     calib_offset: float
     calib_range: float
     event_sd_frac: float
+    substeps: int
+    noise_ar: float
     n_channels: int
     system_type: str
     sequencer_position_type: str
@@ -96,13 +100,15 @@ CHEMISTRIES: dict[str, Chemistry] = {
         name="r9.4.1", k=6, shift=2, kmer_file="dna_r9.4.1_400bps_6mer.tsv.gz",
         sample_rate=4000, bases_per_s=450.0, flow_cell_product_code="FLO-MIN106",
         sequencing_kit="sqk-lsk109", adc_min=-4096, adc_max=4095, calib_offset=13.0,
-        calib_range=1467.6, event_sd_frac=0.0, n_channels=512, system_type="minion_mk1b",
+        calib_range=1467.6, event_sd_frac=0.0, substeps=1, noise_ar=0.0, n_channels=512,
+        system_type="minion_mk1b",
         sequencer_position_type="minion_mk1b", basecall_config="dna_r9.4.1_450bps_hac.cfg"),
     "r10.4.1": Chemistry(
         name="r10.4.1", k=9, shift=6, kmer_file="dna_r10.4.1_400bps_9mer.tsv.gz",
         sample_rate=5000, bases_per_s=400.0, flow_cell_product_code="FLO-PRO114M",
         sequencing_kit="sqk-lsk114", adc_min=0, adc_max=2047, calib_offset=-253.0,
-        calib_range=299.43, event_sd_frac=0.8, n_channels=3000, system_type="PRO-PRC048",
+        calib_range=299.43, event_sd_frac=0.5, substeps=2, noise_ar=0.7, n_channels=3000,
+        system_type="PRO-PRC048",
         sequencer_position_type="promethion",
         basecall_config="dna_r10.4.1_e8.2_400bps_5khz_hac_prom.cfg"),
 }
@@ -118,6 +124,8 @@ class SignalParams:
     stall_mean: float = 15.0  # extra stall length in mean dwells
     noise_scale: float = 1.0  # multiplies the table sd
     event_sd_frac: float | None = None  # None = the chemistry's value
+    substeps: int | None = None  # sub-events per base, each with its own jitter
+    noise_ar: float | None = None  # AR(1)-like correlation of the per-sample noise
     drift_pa: float = 1.0  # random-walk step per second, pA
     read_shift_sd: float = 3.0  # per-read level shift, pA
     read_scale_sd: float = 0.04  # per-read relative scale
@@ -345,10 +353,11 @@ def simulate_read(seq: str, model: KmerModel, rng: np.random.Generator, *,
     starts = np.concatenate([[0], np.cumsum(dwell)]).astype(np.int64)
     n = int(starts[-1])
     frac = chem.event_sd_frac if params.event_sd_frac is None else params.event_sd_frac
+    steps = chem.substeps if params.substeps is None else params.substeps
+    phi = chem.noise_ar if params.noise_ar is None else params.noise_ar
     sd = model.sds[kmers].astype(np.float64) * params.noise_scale
-    event = model.levels[kmers] + rng.normal(0.0, 1.0, codes.size) * sd * np.sqrt(frac)
-    pa = np.repeat(event, dwell) + rng.normal(0.0, 1.0, n) * np.repeat(sd * np.sqrt(1 - frac),
-                                                                      dwell)
+    pa = _levels(model.levels[kmers], sd * np.sqrt(frac), dwell, steps, rng)
+    pa += _noise(n, phi, rng) * np.repeat(sd * np.sqrt(1 - frac), dwell)
     pa = pa * (1.0 + rng.normal(0.0, params.read_scale_sd)) + rng.normal(0.0,
                                                                         params.read_shift_sd)
     pa += _drift(n, sample_rate, params.drift_pa, rng)
@@ -356,6 +365,31 @@ def simulate_read(seq: str, model: KmerModel, rng: np.random.Generator, *,
     raw = np.clip(np.rint(pa / scale - offset), chem.adc_min, chem.adc_max).astype(np.int16)
     return SimulatedRead(read_id=rid, sequence=seq.upper(), signal=raw, offset=offset,
                          scale=scale, base_starts=starts, sample_rate=sample_rate)
+
+
+def _levels(level: np.ndarray, jitter_sd: np.ndarray, dwell: np.ndarray, steps: int,
+            rng: np.random.Generator) -> np.ndarray:
+    """Piecewise-constant pA: each base split into ``steps`` sub-events, each jittered.
+
+    Sub-event jitter is ``jitter_sd * sqrt(steps)`` so a base's mean keeps ~``jitter_sd``.
+    """
+    if steps <= 1:
+        return np.repeat(level + rng.normal(0.0, 1.0, level.size) * jitter_sd, dwell)
+    cuts = np.sort(rng.random((dwell.size, steps - 1)), axis=1)
+    edges = np.rint(np.concatenate([np.zeros((dwell.size, 1)), cuts, np.ones((dwell.size, 1))],
+                                   axis=1) * dwell[:, None]).astype(np.int64)
+    sub = np.diff(edges, axis=1)  # [bases, steps], rows sum to dwell
+    jitter = rng.normal(0.0, 1.0, sub.shape) * (jitter_sd * np.sqrt(steps))[:, None]
+    return np.repeat((level[:, None] + jitter).ravel(), sub.ravel())
+
+
+def _noise(n: int, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance noise; for ``phi > 0`` low-passed by a truncated AR(1) kernel."""
+    if phi <= 0:
+        return rng.normal(0.0, 1.0, n)
+    taps = phi ** np.arange(max(2, int(np.ceil(np.log(1e-3) / np.log(phi)))))
+    taps /= np.sqrt(np.sum(taps**2))
+    return np.convolve(rng.normal(0.0, 1.0, n + taps.size), taps, mode="valid")[:n]
 
 
 def _drift(n: int, sample_rate: int, step_pa: float, rng: np.random.Generator) -> np.ndarray:
