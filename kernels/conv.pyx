@@ -7,7 +7,7 @@ over output rows with OpenMP. Signatures match :mod:`edgecall.kernels_ref`.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport uintptr_t
 
 cdef extern from "ec_simd.h" nogil:
@@ -17,7 +17,8 @@ cdef extern from "ec_simd.h" nogil:
     void ec_epilogue_f32(const float *acc, const float *bias, const float *res, float *out,
                          int n, int act, float lo, float hi)
     void ec_sgemm_tile(const float *const *a, const float *bp, int K, float *tile)
-    void ec_dw_row_f32(const float *const *rows, int K, const float *w, int C, float *acc)
+    int EC_DWR
+    void ec_dw_block_f32(const float *const *rows, int K, const float *w, int C, float *acc)
 
 
 def simd() -> str:
@@ -78,24 +79,32 @@ def depthwise_conv(const float[:, :, ::1] x, const float[:, ::1] w, const float[
     if res is not None:
         r = res
         rp = &r[0, 0, 0]
-    cdef Py_ssize_t row, n, t, k, src
+    cdef Py_ssize_t nt = (To + EC_DWR - 1) // EC_DWR
+    cdef Py_ssize_t blk, n, t, j, k, src
     cdef const float **rows
     cdef float *acc
+    cdef float *zero
     cdef const float *xb = &x[0, 0, 0]
     with nogil, parallel(num_threads=threads):
-        rows = <const float **>malloc(K * sizeof(float *))
-        acc = <float *>malloc(C * sizeof(float))
-        for row in prange(N * To, schedule="static"):
-            n = row // To
-            t = row % To
-            for k in range(K):
-                src = t * stride + k - pad
-                rows[k] = (xb + (n * T + src) * C) if 0 <= src < T else NULL
-            ec_dw_row_f32(rows, <int>K, &w[0, 0], <int>C, acc)
-            ec_epilogue_f32(acc, &bias[0], (rp + row * C) if rp != NULL else NULL,
-                            &out[n, t, 0], <int>C, act, lo, hi)
+        rows = <const float **>malloc(EC_DWR * K * sizeof(float *))
+        acc = <float *>malloc(EC_DWR * C * sizeof(float))
+        zero = <float *>calloc(C + 16, sizeof(float))
+        for blk in prange(N * nt, schedule="static"):
+            n = blk // nt
+            t = (blk % nt) * EC_DWR
+            for j in range(EC_DWR):
+                for k in range(K):
+                    src = (t + j) * stride + k - pad
+                    rows[j * K + k] = (xb + (n * T + src) * C) if (
+                        0 <= src < T and t + j < To) else zero
+            ec_dw_block_f32(rows, <int>K, &w[0, 0], <int>C, acc)
+            for j in range(min(EC_DWR, To - t)):
+                ec_epilogue_f32(acc + j * C, &bias[0],
+                                (rp + (n * To + t + j) * C) if rp != NULL else NULL,
+                                &out[n, t + j, 0], <int>C, act, lo, hi)
         free(rows)
         free(acc)
+        free(zero)
 
 
 def pointwise_conv(const float[:, ::1] x, const float[:, :, ::1] wp, const float[::1] bias,

@@ -231,74 +231,109 @@ static inline void ec_qgemm_tile(const int16_t *const *a, const int16_t *bp, int
 }
 
 
-/* ---- depthwise helpers: acc[c] = sum_k rows[k][c] * w[k*C + c] ------------
- * rows[k] is NULL for a tap that falls in the zero padding. */
-static inline void ec_dw_row_f32(const float *const *rows, int K, const float *w, int C,
-                                 float *acc) {
-    int c = 0;
-    for (; c + 32 <= C; c += 32) {
-        float a[32];
-        for (int j = 0; j < 32; j++) a[j] = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const float *r = rows[k];
-            if (!r) continue;
-            const float *wk = w + (size_t)k * C + c;
-            for (int j = 0; j < 32; j++) a[j] += r[c + j] * wk[j];
-        }
-        for (int j = 0; j < 32; j++) acc[c + j] = a[j];
-    }
-    for (; c < C; c++) {
-        float a = 0.0f;
-        for (int k = 0; k < K; k++)
-            if (rows[k]) a += rows[k][c] * w[(size_t)k * C + c];
-        acc[c] = a;
-    }
-}
+/* ---- depthwise blocks: EC_DWR output rows at once --------------------------
+ * rows[r * K + k] points at the input row feeding tap k of output row r (a
+ * zero row for taps in the padding); acc[r * C + c] receives the sums. Each
+ * weight vector is loaded once per tap and reused for the EC_DWR rows. */
+#define EC_DWR 4
 
-/* int16 depthwise: acc[c] = sum_k rows[k][c] * w[k*C + c] (int32). */
-static inline void ec_dw_row_q(const int16_t *const *rows, int K, const int16_t *w, int C,
-                               int32_t *acc) {
+static inline void ec_dw_block_f32(const float *const *rows, int K, const float *w, int C,
+                                   float *acc) {
     int c = 0;
 #if defined(EC_HAVE_AVX2)
-    /* taps in pairs: unpack rows (k, k+1) into int16 pairs and madd with the
-     * matching pre-interleaved weights (wp = w interleaved per tap pair). */
-    for (; c + 16 <= C; c += 16) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, z = a0;
-        for (int k = 0; k < K; k += 2) {
-            __m256i r0 = rows[k] ? _mm256_loadu_si256((const __m256i *)(rows[k] + c)) : z;
-            __m256i r1 = (k + 1 < K && rows[k + 1])
-                ? _mm256_loadu_si256((const __m256i *)(rows[k + 1] + c)) : z;
-            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * C + c));
-            __m256i w1 = k + 1 < K ? _mm256_loadu_si256((const __m256i *)(w + (size_t)(k + 1) * C + c)) : z;
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi16(r0, r1),
-                                                         _mm256_unpacklo_epi16(w0, w1)));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi16(r0, r1),
-                                                         _mm256_unpackhi_epi16(w0, w1)));
+    for (; c + 8 <= C; c += 8) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k = 0; k < K; k++) {
+            __m256 wv = _mm256_loadu_ps(w + (size_t)k * C + c);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k] + c), wv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[K + k] + c), wv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2 * K + k] + c), wv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[3 * K + k] + c), wv, a3);
         }
-        /* a0 = channels [0-3, 8-11], a1 = [4-7, 12-15]: restore order */
-        __m256i lo = _mm256_permute2x128_si256(a0, a1, 0x20);  /* 0-3, 4-7 */
-        __m256i hi = _mm256_permute2x128_si256(a0, a1, 0x31);  /* 8-11, 12-15 */
-        _mm256_storeu_si256((__m256i *)(acc + c), lo);
-        _mm256_storeu_si256((__m256i *)(acc + c + 8), hi);
+        _mm256_storeu_ps(acc + c, a0);
+        _mm256_storeu_ps(acc + C + c, a1);
+        _mm256_storeu_ps(acc + 2 * C + c, a2);
+        _mm256_storeu_ps(acc + 3 * C + c, a3);
     }
 #elif defined(EC_HAVE_NEON)
-    for (; c + 8 <= C; c += 8) {
-        int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+    for (; c + 4 <= C; c += 4) {
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
         for (int k = 0; k < K; k++) {
-            if (!rows[k]) continue;
-            int16x8_t r = vld1q_s16(rows[k] + c), wk = vld1q_s16(w + (size_t)k * C + c);
-            a0 = vmlal_s16(a0, vget_low_s16(r), vget_low_s16(wk));
-            a1 = vmlal_high_s16(a1, r, wk);
+            float32x4_t wv = vld1q_f32(w + (size_t)k * C + c);
+            a0 = vfmaq_f32(a0, vld1q_f32(rows[k] + c), wv);
+            a1 = vfmaq_f32(a1, vld1q_f32(rows[K + k] + c), wv);
+            a2 = vfmaq_f32(a2, vld1q_f32(rows[2 * K + k] + c), wv);
+            a3 = vfmaq_f32(a3, vld1q_f32(rows[3 * K + k] + c), wv);
         }
-        vst1q_s32(acc + c, a0);
-        vst1q_s32(acc + c + 4, a1);
+        vst1q_f32(acc + c, a0);
+        vst1q_f32(acc + C + c, a1);
+        vst1q_f32(acc + 2 * C + c, a2);
+        vst1q_f32(acc + 3 * C + c, a3);
     }
 #endif
     for (; c < C; c++) {
-        int32_t a = 0;
-        for (int k = 0; k < K; k++)
-            if (rows[k]) a += (int32_t)rows[k][c] * (int32_t)w[(size_t)k * C + c];
-        acc[c] = a;
+        for (int r = 0; r < EC_DWR; r++) {
+            float a = 0.0f;
+            for (int k = 0; k < K; k++) a += rows[r * K + k][c] * w[(size_t)k * C + c];
+            acc[r * C + c] = a;
+        }
+    }
+}
+
+static inline void ec_dw_block_q(const int16_t *const *rows, int K, const int16_t *w, int C,
+                                 int32_t *acc) {
+    int c = 0;
+#if defined(EC_HAVE_AVX2)
+    /* taps in pairs (k, k+1): interleave the two input rows and the two weight
+     * rows into int16 pairs and pmaddwd them (16 MACs per instruction). */
+    for (; c + 16 <= C; c += 16) {
+        __m256i z = _mm256_setzero_si256();
+        __m256i l0 = z, h0 = z, l1 = z, h1 = z, l2 = z, h2 = z, l3 = z, h3 = z;
+        for (int k = 0; k < K; k += 2) {
+            int k1 = k + 1 < K ? k + 1 : k;  /* odd K: last pair uses a zero weight */
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + (size_t)k * C + c));
+            __m256i w1 = k + 1 < K ? _mm256_loadu_si256((const __m256i *)(w + (size_t)k1 * C + c)) : z;
+            __m256i wl = _mm256_unpacklo_epi16(w0, w1), wh = _mm256_unpackhi_epi16(w0, w1);
+#define EC_QDW(r, lr, hr) { \
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(rows[(r) * K + k] + c)); \
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(rows[(r) * K + k1] + c)); \
+            lr = _mm256_add_epi32(lr, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl)); \
+            hr = _mm256_add_epi32(hr, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh)); }
+            EC_QDW(0, l0, h0) EC_QDW(1, l1, h1) EC_QDW(2, l2, h2) EC_QDW(3, l3, h3)
+#undef EC_QDW
+        }
+        /* lo = channels [0-3 | 8-11], hi = [4-7 | 12-15]: restore the order */
+#define EC_QST(r, lr, hr) \
+        _mm256_storeu_si256((__m256i *)(acc + (r) * C + c), _mm256_permute2x128_si256(lr, hr, 0x20)); \
+        _mm256_storeu_si256((__m256i *)(acc + (r) * C + c + 8), _mm256_permute2x128_si256(lr, hr, 0x31));
+        EC_QST(0, l0, h0) EC_QST(1, l1, h1) EC_QST(2, l2, h2) EC_QST(3, l3, h3)
+#undef EC_QST
+    }
+#elif defined(EC_HAVE_NEON)
+    for (; c + 8 <= C; c += 8) {
+        int32x4_t a[EC_DWR][2];
+        for (int r = 0; r < EC_DWR; r++) a[r][0] = a[r][1] = vdupq_n_s32(0);
+        for (int k = 0; k < K; k++) {
+            int16x8_t wk = vld1q_s16(w + (size_t)k * C + c);
+            for (int r = 0; r < EC_DWR; r++) {
+                int16x8_t x = vld1q_s16(rows[r * K + k] + c);
+                a[r][0] = vmlal_s16(a[r][0], vget_low_s16(x), vget_low_s16(wk));
+                a[r][1] = vmlal_high_s16(a[r][1], x, wk);
+            }
+        }
+        for (int r = 0; r < EC_DWR; r++) {
+            vst1q_s32(acc + r * C + c, a[r][0]);
+            vst1q_s32(acc + r * C + c + 4, a[r][1]);
+        }
+    }
+#endif
+    for (; c < C; c++) {
+        for (int r = 0; r < EC_DWR; r++) {
+            int32_t a = 0;
+            for (int k = 0; k < K; k++)
+                a += (int32_t)rows[r * K + k][c] * (int32_t)w[(size_t)k * C + c];
+            acc[r * C + c] = a;
+        }
     }
 }
 

@@ -17,7 +17,7 @@ semantics. Signatures match :mod:`edgecall.kernels_ref`.
 from cython.parallel cimport parallel, prange
 from libc.math cimport nearbyint, nearbyintf
 from libc.stdint cimport int16_t, int32_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 cdef extern from "ec_simd.h" nogil:
     int EC_MR
@@ -25,7 +25,9 @@ cdef extern from "ec_simd.h" nogil:
     void ec_requant(const int32_t *acc, const int32_t *bias, const float *mult, int16_t *out,
                     int n, int32_t lo, int32_t hi)
     void ec_qgemm_tile(const int16_t *const *a, const int16_t *bp, int K2, int32_t *tile)
-    void ec_dw_row_q(const int16_t *const *rows, int K, const int16_t *w, int C, int32_t *acc)
+    int EC_DWR
+    void ec_dw_block_q(const int16_t *const *rows, int K, const int16_t *w, int C,
+                       int32_t *acc)
 
 
 cdef inline int32_t _clampi(int32_t v, int32_t lo, int32_t hi) noexcept nogil:
@@ -114,23 +116,30 @@ def qdepthwise_conv(const int16_t[:, :, ::1] x, const int16_t[:, ::1] w,
     cdef Py_ssize_t K = w.shape[0], To = out.shape[1]
     if w.shape[1] != C or out.shape[2] != C:
         raise ValueError("qdepthwise_conv: channel mismatch")
-    cdef Py_ssize_t row, n, t, k, src
+    cdef Py_ssize_t nt = (To + EC_DWR - 1) // EC_DWR
+    cdef Py_ssize_t blk, n, t, r, k, src
     cdef const int16_t **rows
     cdef int32_t *acc
+    cdef int16_t *zero
     cdef const int16_t *xb = &x[0, 0, 0]
     with nogil, parallel(num_threads=threads):
-        rows = <const int16_t **>malloc(K * sizeof(int16_t *))
-        acc = <int32_t *>malloc(C * sizeof(int32_t))
-        for row in prange(N * To, schedule="static"):
-            n = row // To
-            t = row % To
-            for k in range(K):
-                src = t * stride + k - pad
-                rows[k] = (xb + (n * T + src) * C) if 0 <= src < T else NULL
-            ec_dw_row_q(rows, <int>K, &w[0, 0], <int>C, acc)
-            ec_requant(acc, &bias[0], &mult[0], &out[n, t, 0], <int>C, lo, hi)
+        rows = <const int16_t **>malloc(EC_DWR * K * sizeof(int16_t *))
+        acc = <int32_t *>malloc(EC_DWR * C * sizeof(int32_t))
+        zero = <int16_t *>calloc(C + 32, sizeof(int16_t))
+        for blk in prange(N * nt, schedule="static"):
+            n = blk // nt
+            t = (blk % nt) * EC_DWR
+            for r in range(EC_DWR):
+                for k in range(K):
+                    src = (t + r) * stride + k - pad
+                    rows[r * K + k] = (xb + (n * T + src) * C) if (
+                        0 <= src < T and t + r < To) else zero
+            ec_dw_block_q(rows, <int>K, &w[0, 0], <int>C, acc)
+            for r in range(min(EC_DWR, To - t)):
+                ec_requant(acc + r * C, &bias[0], &mult[0], &out[n, t + r, 0], <int>C, lo, hi)
         free(rows)
         free(acc)
+        free(zero)
 
 
 def qpointwise_conv(const int16_t[:, ::1] x, const int16_t[:, :, ::1] wp,

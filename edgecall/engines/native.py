@@ -9,7 +9,7 @@ requantisation (ReLU/Clip narrow its clamp range), ``Add`` of two quantised
 tensors becomes a quantised add, ``Transpose [N,C,T] -> [N,T,C]`` is free (the
 data already is channels-last), and ``DequantizeLinear`` of a tensor is a view.
 Supported ops: Conv (any groups, dilation 1), BatchNormalization, Relu, Clip,
-Sigmoid, Mul, Add, MatMul (output projection), Transpose, LogSoftmax, Softmax,
+Sigmoid, Mul, Add, Concat (channels), MatMul (output projection), Transpose, LogSoftmax, Softmax,
 Identity, QuantizeLinear, DequantizeLinear; anything else raises
 :class:`~edgecall.errors.UnsupportedGraph` naming the op and node.
 

@@ -462,11 +462,20 @@ class Lowerer:
         ca, cb = (self.const(i) for i in n.input)
         if ca is not None or cb is not None:  # bias add after a projection
             name, c = (n.input[1], ca) if ca is not None else (n.input[0], cb)
+            c = np.asarray(c, np.float32).reshape(-1)
             p = self.sole(name)
-            if not isinstance(p, _PConv) or p.act != ops.ACT_NONE or p.res is not None:
-                raise self.fail("Add of a constant is only supported as a projection bias")
-            p.b = (p.b + np.asarray(c, np.float32).reshape(-1)).astype(np.float32)
-            self.rename(name, n.output[0])
+            if isinstance(p, _PConv) and p.act == ops.ACT_NONE and p.res is None:
+                p.b = (p.b + c).astype(np.float32)  # bias of a projection
+                self.rename(name, n.output[0])
+                return
+            x = self.as_float(self.tensor(name))
+            if c.size not in (1, x.channels):
+                raise self.fail("Add of a constant must broadcast over channels")
+            out = self.new(x.channels, None, x.layout)
+            self.emit(ops.EltwiseStep([x.tid], out.tid, op="affine",
+                                      a=np.ones(x.channels, np.float32),
+                                      b=np.broadcast_to(c, (x.channels,)).copy()))
+            self.tensors[n.output[0]] = out
             return
         for i, j in ((0, 1), (1, 0)):
             p = self.sole(n.input[i])
@@ -477,6 +486,17 @@ class Lowerer:
                 return
         a, b = self.tensor(n.input[0]), self.tensor(n.input[1])
         self.pending[n.output[0]] = _PAdd(a, b)
+
+    def op_Concat(self, n: Any) -> None:
+        xs = [self.as_float(self.tensor(i)) for i in n.input]
+        axis = int(self.attr("axis", 1))
+        layout = xs[0].layout
+        if any(x.layout != layout for x in xs) or not (
+                (layout == "NCT" and axis in (1, -2)) or (layout == "NTC" and axis in (2, -1))):
+            raise self.fail("only channel concatenation is supported")
+        out = self.new(sum(x.channels for x in xs), None, layout)
+        self.emit(ops.ConcatStep([x.tid for x in xs], out.tid))
+        self.tensors[n.output[0]] = out
 
     def op_Transpose(self, n: Any) -> None:
         perm = list(self.attr("perm", [0, 2, 1]))

@@ -205,6 +205,14 @@ class EltwiseStep(Step):
 
 
 @dataclass
+class ConcatStep(Step):
+    """Concatenate tensors along channels (numpy)."""
+
+    def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
+        np.concatenate([v[i] for i in self.ins], axis=-1, out=v[self.out])
+
+
+@dataclass
 class SoftmaxStep(Step):
     log: bool = True
 
@@ -286,7 +294,7 @@ class Plan:
 
 # re-exported for the lowering module
 __all__ = ["ACT_CLIP", "ACT_NONE", "ACT_RELU", "ACT_SILU", "ConvStep", "DequantizeStep",
-           "EltwiseStep", "Plan", "Program", "QAddStep", "QParams", "QuantizeStep",
+           "ConcatStep", "EltwiseStep", "Plan", "Program", "QAddStep", "QParams", "QuantizeStep",
            "RequantizeStep", "SoftmaxStep", "Step", "Tensor", "UnsupportedGraph",
            "pack_pointwise", "pack_qpointwise", "pad_channels"]
 
