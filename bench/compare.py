@@ -115,7 +115,7 @@ def pipeline_time(card: models.ModelCard, reads: list[Read], engine: str, thread
 def compare(args: argparse.Namespace) -> list[dict]:
     """Run every contestant; return one row per contestant."""
     reads, _, _ = load_reads(args.paths, max_reads=args.max_reads)
-    card = models.resolve(args.model) if args.model else models.select_for(reads[0])
+    card = (models.resolve(args.model) if args.model else None) or models.select_for(reads[0])
     reads = [r for r in reads if r.sample_rate in card.accepted_sample_rates]
     batches = make_batches(reads, card, args.chunks, args.batch_size)
     samples = sum(b.shape[0] * b.shape[2] for b in batches)
@@ -134,12 +134,12 @@ def compare(args: argparse.Namespace) -> list[dict]:
                  max_diff(outs[name], outs[base])) for name in runs] + missing
     base_s = secs[base]
     if not args.no_pipeline:
-        secs, raw = pipeline_time(card, reads[:args.max_reads or len(reads)],
-                                  args.pipeline_engine, args.threads, args.batch_size,
-                                  args.repeat)
+        p_secs, raw = pipeline_time(card, reads[:args.max_reads or len(reads)],
+                                    args.pipeline_engine, args.threads, args.batch_size,
+                                    args.repeat)
         rows.append({"name": f"edgecall pipeline ({args.pipeline_engine}, reads->bases)",
-                     "seconds": secs, "samples_per_s": raw / secs,
-                     "ratio": (raw / secs) / (samples / base_s), "max_abs_diff": None,
+                     "seconds": p_secs, "samples_per_s": raw / p_secs,
+                     "ratio": (raw / p_secs) / (samples / base_s), "max_abs_diff": None,
                      "note": "raw read samples/s (chunk overlap not counted)"})
     return rows
 

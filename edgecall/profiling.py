@@ -343,7 +343,7 @@ def profile(paths: Sequence[str | Path], *, model: str | Path | None = None,
 
     src = telemetry.detect_power(power_cmd) if power == "auto" else power
     reads, files, bad = load_reads(paths, recursive=recursive, max_reads=max_reads)
-    card = models.resolve(str(model)) if model else models.select_for(reads[0])
+    card = (models.resolve(str(model)) if model else None) or models.select_for(reads[0])
     usable, skipped = _compatible(card, reads)
     idle_w = measure_idle(src, idle)
     results = []
