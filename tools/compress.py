@@ -67,23 +67,43 @@ def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
     if state is None or arch is None:
         raise ModelError(f"{p}: checkpoint has no model weights and architecture "
                          f"(keys: {', '.join(map(str, ckpt))})")
+    if isinstance(arch, dict) and isinstance(arch.get("arch"), dict):
+        arch = arch["arch"]  # a tools.train TrainConfig
     cfg = arch if isinstance(arch, ArchConfig) else ArchConfig(
         **{k: v for k, v in dict(arch).items() if k in ArchConfig.__dataclass_fields__})
     model = Student(cfg)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     resize_like(model, state)
     model.load_state_dict(state)
+    set_skip_scale(model, float(ckpt.get("skip_scale", 1.0)))
     meta = {k: v for k, v in ckpt.items()
             if k not in STATE_KEYS and k not in ("optimizer", "optim", "scheduler", "rng")}
     meta["arch"] = cfg.to_dict()
     return model.eval(), meta
 
 
+def set_skip_scale(model: Student, scale: float) -> None:
+    """Scale the residuals (SkipClip); at 0 the blocks become skip-free (untied)."""
+    for block in model.blocks:
+        block.skip_scale = scale
+        if scale == 0.0:
+            block.skip = False
+
+
+def skip_scale_of(model: Student) -> float:
+    """The residual scale of a student (0 when skip-free)."""
+    blocks = list(model.blocks)
+    if not any(b.skip for b in blocks):
+        return 0.0
+    return float(getattr(blocks[0], "skip_scale", 1.0))
+
+
 def save_student(model: Student, path: str | Path, **meta: Any) -> Path:
-    """Write a (possibly pruned) student: arch, weights and ``meta``."""
+    """Write a (possibly pruned) student: arch, weights, residual scale and ``meta``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"arch": model.cfg.to_dict(), "model": model.state_dict(), **meta}, p)
+    torch.save({"arch": model.cfg.to_dict(), "model": model.state_dict(),
+                "skip_scale": skip_scale_of(model), **meta}, p)
     return p
 
 
@@ -157,12 +177,12 @@ class FoldedNet(nn.Module):
     """
 
     def __init__(self, stem: nn.Conv1d, dws: Sequence[nn.Conv1d], pws: Sequence[nn.Conv1d],
-                 skips: Sequence[bool], head: nn.Conv1d, activation: str, stride: int) -> None:
+                 skips: Sequence[float], head: nn.Conv1d, activation: str, stride: int) -> None:
         super().__init__()
         self.stem = stem
         self.dws = nn.ModuleList(dws)
         self.pws = nn.ModuleList(pws)
-        self.skips = tuple(bool(s) for s in skips)
+        self.skips = tuple(float(s) for s in skips)  # residual scale per block, 0 = none
         self.head = head
         self.activation = activation
         self.stride = stride
@@ -180,7 +200,9 @@ class FoldedNet(nn.Module):
         h = self.act(self.stem(x))
         for dw, pw, skip in zip(self.dws, self.pws, self.skips, strict=True):
             y = pw(dw(h))
-            h = self.act(y + h if skip else y)
+            if skip:
+                y = y + h if skip == 1.0 else y + skip * h
+            h = self.act(y)
         return torch.log_softmax(self.head(h).transpose(1, 2), dim=-1)
 
     def convs(self) -> list[tuple[str, nn.Conv1d]]:
@@ -199,7 +221,7 @@ def fold(student: Student) -> FoldedNet:
         fold_conv_bn(student.stem, student.stem_bn),
         [fold_conv_bn(b.dw, b.dw_bn) for b in blocks],
         [fold_conv_bn(b.pw, b.bn) for b in blocks],
-        [b.skip for b in blocks],
+        [float(getattr(b, "skip_scale", 1.0)) if b.skip else 0.0 for b in blocks],
         fold_conv_bn(student.head, nn.Identity()),
         student.cfg.activation, student.cfg.stride).eval()
 

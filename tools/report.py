@@ -1,0 +1,382 @@
+"""``tools report``: build every compressed variant of a student and measure them in one run.
+
+For one FP32 parent (a training checkpoint) the report makes the variants of
+:mod:`tools.variants` (FP32; unstructured 50/70/85/90 %; structured 30/50 %;
+delayed masking; PTQ MinMax/Percentile/Entropy and mixed precision; QAT;
+prune/QAT orderings with one step budget per stage; TFLite FP32/INT8) and,
+in the same process, measures for each model file:
+
+* median identity on every evaluation set (the device pipeline,
+  :class:`edgecall.pipeline.Basecaller`, greedy decoding, mappy ``map-ont``),
+  and agreement of its basecalls with the FP32 parent's;
+* file size (raw and gzip: unstructured zeros compress but do not shrink the
+  dense file), parameters (dense and non-zero), conv MACs per sample;
+* samples/s with every engine that can run the file (onnxruntime for ONNX,
+  native for ONNX when it accepts the graph, LiteRT for TFLite), measured
+  round-robin over all files at the same thread count, best of ``rounds``.
+
+Outputs (``--out``): ``report.md`` (table + notes), ``report.json`` and
+``pareto.png`` (identity vs samples/s, marker area ~ file size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecall.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("variant", "technique", "precision", "format", "identity", "agreement", "size_kb",
+           "gzip_kb", "params", "nonzero", "macs_per_sample", "onnx_sps", "native_sps",
+           "tflite_sps")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """One measurable model file (a row of the table)."""
+
+    variant: str
+    technique: str
+    precision: str  # fp32 | int8 | mixed
+    path: Path
+    params: int
+    nonzero: int
+    macs_per_sample: float
+    parent: str = "fp32"
+
+
+@dataclass(slots=True)
+class Row:
+    """Measurements of one :class:`ModelFile`."""
+
+    variant: str
+    technique: str
+    precision: str
+    format: str
+    path: str
+    size_kb: float
+    gzip_kb: float
+    params: int
+    nonzero: int
+    macs_per_sample: float
+    identity: dict[str, float] = field(default_factory=dict)
+    agreement: float = float("nan")
+    speed: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- measuring
+
+def engines_for(path: Path) -> list[str]:
+    """Engines that may run ``path`` (by format)."""
+    return ["tflite"] if path.suffix == ".tflite" else ["onnx", "native"]
+
+
+def make_engine(name: str, path: Path, threads: int) -> Any:
+    """An engine instance for a model file (raises ModelError if it cannot run it)."""
+    if name == "onnx":
+        from edgecall.engines.onnx import OnnxEngine
+        return OnnxEngine(path, threads=threads)
+    if name == "tflite":
+        from edgecall.engines.tflite import TFLiteEngine
+        return TFLiteEngine(path, threads=threads)
+    if name == "native":
+        try:
+            from edgecall.engines.native import NativeEngine
+        except ImportError as exc:
+            raise ModelError(f"native engine unavailable ({exc})") from None
+        return NativeEngine(path, threads=threads)
+    raise ModelError(f"unknown engine {name!r}")
+
+
+def bench(engine: Any, batch: np.ndarray, seconds: float) -> float:
+    """Samples per second of ``engine.run(batch)`` over about ``seconds`` (after warm-up)."""
+    engine.run(batch)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        engine.run(batch)
+        n += 1
+        el = time.perf_counter() - t0
+        if el >= seconds and n >= 2:
+            return n * batch.shape[0] * batch.shape[2] / el
+
+
+def file_sizes(path: Path) -> tuple[float, float]:
+    """(size, gzip -6 size) in KiB."""
+    raw = path.read_bytes()
+    return len(raw) / 1024, len(gzip.compress(raw, 6)) / 1024
+
+
+def basecalls(card: Any, engine: Any, reads: list[Any], batch_size: int) -> dict[str, str]:
+    """Sequences of ``reads`` through the device pipeline with ``engine``."""
+    from edgecall.pipeline import Basecaller
+    from edgecall.types import CalledRead
+
+    caller = Basecaller(card, engine, batch_size=batch_size)
+    return {r.read_id: r.sequence for r in caller.call(reads) if isinstance(r, CalledRead)}
+
+
+def agreement(calls: dict[str, str], parent: dict[str, str]) -> float:
+    """Median identity of ``calls`` aligned to the parent's basecalls of the same reads."""
+    import mappy
+
+    vals = []
+    for rid, seq in calls.items():
+        ref = parent.get(rid, "")
+        if len(ref) < 50 or not seq:
+            continue
+        if seq == ref:
+            vals.append(1.0)
+            continue
+        al = mappy.Aligner(seq=ref, preset="map-ont")
+        hit = next((h for h in al.map(seq) if h.is_primary), None)
+        vals.append(1.0 - hit.NM / max(1, hit.blen) if hit else 0.0)
+    return float(statistics.median(vals)) if vals else float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class EvalSet:
+    """Reads of one evaluation set plus its mappy aligner."""
+
+    name: str
+    reads: list[Any]
+    aligner: Any
+
+
+def load_eval(spec: str, *, ids: set[str] | None, max_reads: int) -> EvalSet:
+    """``NAME=POD5[:REFERENCE]`` -> an :class:`EvalSet` (reads in memory)."""
+    from edgecall.io.reader import find_pod5, iter_reads
+    from edgecall.types import Read
+    from tools.evaluate import make_aligner
+
+    if "=" not in spec:
+        raise InputError(f"--eval {spec!r}: expected NAME=POD5[:REFERENCE]")
+    name, rest = spec.split("=", 1)
+    pod5, _, ref = rest.partition(":")
+    if not ref:
+        raise InputError(f"--eval {spec!r}: a reference FASTA is needed for identity")
+    if not Path(ref).is_file():
+        raise InputError(f"{ref}: no such reference")
+    reads = [r for r in iter_reads(find_pod5([pod5]), read_ids=ids, max_reads=max_reads)
+             if isinstance(r, Read)]
+    if not reads:
+        raise InputError(f"{pod5}: no reads for evaluation set {name}")
+    return EvalSet(name, reads, make_aligner(Path(ref)))
+
+
+def measure(files: list[ModelFile], card: Any, evals: list[EvalSet], bench_chunks: np.ndarray,
+            *, threads: int, seconds: float, rounds: int, batch_size: int) -> list[Row]:
+    """Measure every file: identity, agreement, size, and speed per engine (round-robin)."""
+    from tools.evaluate import identity
+
+    rows, parent_calls = [], {}
+    for f in files:
+        size, gz = file_sizes(f.path)
+        row = Row(f.variant, f.technique, f.precision, f.path.suffix.lstrip("."), str(f.path),
+                  round(size, 1), round(gz, 1), f.params, f.nonzero, round(f.macs_per_sample))
+        first = engines_for(f.path)[0]
+        engine = make_engine(first, f.path, threads)
+        calls: dict[str, str] = {}
+        for ev in evals:
+            seqs = basecalls(card, engine, ev.reads, batch_size)
+            ids = [identity(ev.aligner, s) for s in seqs.values()]
+            vals = [v for v in ids if v is not None]
+            row.identity[ev.name] = round(statistics.median(vals), 4) if vals else 0.0
+            calls.update(seqs)
+        if f.variant == "fp32" and f.path.suffix == ".onnx":
+            parent_calls = calls
+        row.agreement = round(agreement(calls, parent_calls), 4) if parent_calls else 1.0
+        log.info("%s %s: identity %s", f.variant, f.path.name, row.identity)
+        rows.append(row)
+    _speeds(files, rows, bench_chunks, threads=threads, seconds=seconds, rounds=rounds)
+    return rows
+
+
+def _speeds(files: list[ModelFile], rows: list[Row], chunks: np.ndarray, *, threads: int,
+            seconds: float, rounds: int) -> None:
+    """Fill ``row.speed[engine]`` with the best samples/s over ``rounds`` round-robin passes."""
+    batch = np.ascontiguousarray(chunks[:, None, :])
+    engines: dict[tuple[int, str], Any] = {}
+    for i, f in enumerate(files):
+        for name in engines_for(f.path):
+            try:
+                engines[(i, name)] = make_engine(name, f.path, threads)
+            except Exception as exc:  # noqa: BLE001 - any refusal is reported per row
+                rows[i].notes.append(f"{name}: {str(exc).splitlines()[0][:80]}")
+    for _ in range(rounds):
+        for (i, name), eng in engines.items():
+            sps = bench(eng, batch, seconds)
+            rows[i].speed[name] = max(rows[i].speed.get(name, 0.0), round(sps))
+
+
+# --------------------------------------------------------------------------- outputs
+
+def _fmt(v: Any) -> str:
+    """Table cell text."""
+    if isinstance(v, float):
+        return "-" if v != v else (f"{v:.4f}" if v < 2 else f"{v:,.0f}")
+    return str(v)
+
+
+def markdown(rows: list[Row], *, title: str, meta: dict[str, Any]) -> str:
+    """The report as Markdown: a header, one table, and notes."""
+    sets = sorted({k for r in rows for k in r.identity})
+    head = ["variant", "technique", "precision", "format", *[f"identity {s}" for s in sets],
+            "agreement", "size KiB", "gzip KiB", "params", "non-zero", "MACs/sample",
+            "onnx samples/s", "native samples/s", "tflite samples/s"]
+    lines = [f"# {title}", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.variant, r.technique, r.precision, r.format,
+                 *[_fmt(r.identity.get(s, float("nan"))) for s in sets], _fmt(r.agreement),
+                 _fmt(r.size_kb), _fmt(r.gzip_kb), str(r.params), str(r.nonzero),
+                 _fmt(float(r.macs_per_sample)),
+                 *[_fmt(float(r.speed[e])) if e in r.speed else "-"
+                   for e in ("onnx", "native", "tflite")]]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r.variant} ({r.format}): {n}" for r in rows for n in r.notes]
+    if notes:
+        lines += ["", "Engines that could not run a file:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def parse_markdown(text: str) -> list[dict[str, str]]:
+    """Rows of the report table as dicts keyed by header (the inverse of :func:`markdown`)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        raise ValueError("no Markdown table found")
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, [c.strip() for c in ln.strip("|").split("|")], strict=True))
+            for ln in lines[2:]]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (speed up, identity up)."""
+    front = []
+    for i, (s, q) in enumerate(points):
+        if not any((s2 >= s and q2 >= q) and (s2 > s or q2 > q)
+                   for j, (s2, q2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def plot(rows: list[Row], path: Path, *, eval_set: str, title: str) -> Path:
+    """Pareto plot: identity vs best samples/s per row, marker area ~ file size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(max(r.speed.values(), default=0.0), r.identity.get(eval_set, float("nan")))
+           for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colours = {"fp32": "tab:blue", "int8": "tab:red", "mixed": "tab:purple"}
+    for r, (s, q) in zip(rows, pts, strict=True):
+        ax.scatter(s, q, s=20 + r.size_kb / 2, alpha=0.6, c=colours.get(r.precision, "grey"),
+                   marker="s" if r.format == "tflite" else "o")
+        ax.annotate(f"{r.variant} ({r.format})", (s, q), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    front = sorted(pts[i] for i in pareto_front(pts) if pts[i][1] == pts[i][1])
+    if front:
+        ax.plot(*zip(*front, strict=True), "k--", lw=0.8, label="Pareto front")
+    ax.set_xlabel("samples/s (best engine, same threads)")
+    ax.set_ylabel(f"median identity ({eval_set})")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01) -> Row | None:
+    """Fastest INT8 ONNX row within ``max_drop`` median identity of the FP32 ONNX parent."""
+    parent = next((r for r in rows if r.variant == "fp32" and r.format == "onnx"), None)
+    if parent is None or eval_set not in parent.identity:
+        return None
+    ok = [r for r in rows if r.precision in ("int8", "mixed") and r.format == "onnx"
+          and r.identity.get(eval_set, 0.0) >= parent.identity[eval_set] - max_drop]
+    return max(ok, key=lambda r: r.speed.get("onnx", 0.0), default=None)
+
+
+def write_outputs(rows: list[Row], out: Path, *, title: str, meta: dict[str, Any],
+                  eval_set: str) -> dict[str, Path]:
+    """Write report.md, report.json and pareto.png under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "report.md"
+    md.write_text(markdown(rows, title=title, meta=meta))
+    js = out / "report.json"
+    js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    png = plot(rows, out / "pareto.png", eval_set=eval_set, title=title)
+    return {"markdown": md, "json": js, "plot": png}
+
+
+# --------------------------------------------------------------------------- command line
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tools report``."""
+    p = sub.add_parser("report", help="build and measure every compressed variant",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="FP32 parent student checkpoint")
+    p.add_argument("--card", type=Path, help="parent model folder (card.toml) for chemistry, "
+                   "normalisation and chunking")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="pod5/npz for calibration and distillation (not the eval reads)")
+    p.add_argument("--eval", nargs="+", required=True, metavar="NAME=POD5:REF")
+    p.add_argument("--eval-ids", type=Path, help="val_reads.npz: only these read ids")
+    p.add_argument("--max-reads", type=int, default=24)
+    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per stage")
+    p.add_argument("--variants", default="all", help="comma list or 'all' / 'quick'")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=2.0, help="per speed measurement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--work", type=Path, default=Path("/work/cache/compress/variants"))
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md/json/png")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tools report``."""
+    from tools.variants import build_all, parent_card
+
+    ids = None
+    if args.eval_ids:
+        if not args.eval_ids.is_file():
+            raise InputError(f"{args.eval_ids}: no such read-id file")
+        ids = {str(x) for x in np.load(args.eval_ids, allow_pickle=True)["read_id"]}
+    evals = [load_eval(s, ids=ids, max_reads=args.max_reads) for s in args.eval]
+    exclude = {r.read_id for ev in evals for r in ev.reads}
+    card = parent_card(args.checkpoint, args.card)
+    t0 = time.time()
+    files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
+                              steps=args.steps, which=args.variants, exclude=exclude,
+                              threads=args.threads, batch=args.batch_size)
+    build_s = time.time() - t0
+    rows = measure(files, card, evals, chunks[: args.batch_size], threads=args.threads,
+                   seconds=args.seconds, rounds=args.rounds, batch_size=args.batch_size)
+    best = choose_default(rows, evals[0].name)
+    meta = {"parent": str(args.checkpoint), "card": card.name, "eval sets": ", ".join(
+        f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
+        "fine-tuning steps per stage": args.steps, "build time s": round(build_s),
+        "speed": f"[{args.batch_size},1,{card.chunk_size}] batches, best of {args.rounds} "
+                 f"round-robin passes of {args.seconds}s",
+        "default candidate (fastest INT8 within 1.0 pp of FP32)": best.variant if best else
+        "none qualifies"}
+    title = f"Compression report: {card.name} from {args.checkpoint.name}"
+    paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name)
+    print(paths["markdown"].read_text())
+    return 0

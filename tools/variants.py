@@ -1,0 +1,224 @@
+"""The compressed variants that ``tools report`` builds from one FP32 parent.
+
+Every variant is written under ``work/<parent>/`` as a model file
+(``.onnx`` or ``.tflite``) and described by a :class:`tools.report.ModelFile`
+(parameters, non-zero parameters, MACs/sample). Every fine-tuning stage uses the
+same step budget ``steps`` and the same distillation target (the FP32 parent),
+so the orderings of pruning and quantisation are compared at equal cost:
+
+* ``P>D>PTQ``: structured prune, distil, post-training INT8;
+* ``P>D>QAT``: structured prune, distil, quantisation-aware distillation;
+* ``QAT>P>QAT``: QAT on the parent, structured prune, QAT again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgecall.models import ModelCard, load_card
+from edgecall.signal import Normalisation
+from tools.compress import (
+    FoldedNet,
+    count_nonzero,
+    count_params,
+    export_onnx,
+    fold,
+    load_chunks,
+    load_student,
+    macs_per_sample,
+)
+from tools.prune import prune
+from tools.quantize import export_qat, first_last, ptq, qat, strip_fake_quant
+from tools.report import ModelFile
+
+log = logging.getLogger(__name__)
+
+ALL = ("fp32", "unstructured50", "unstructured70", "unstructured85", "unstructured90",
+       "structured30", "structured50", "delayed50", "ptq_minmax", "ptq_percentile",
+       "ptq_entropy", "ptq_mixed", "qat", "P>D>PTQ", "P>D>QAT", "QAT>P>QAT",
+       "tflite_fp32", "tflite_int8", "tflite_int8_structured50")
+QUICK = ("fp32", "unstructured70", "structured50", "ptq_minmax", "qat", "P>D>PTQ",
+         "tflite_fp32", "tflite_int8")
+TRAIN_LEN = 1200  # samples per fine-tuning/calibration chunk
+
+
+def parent_card(checkpoint: Path, card_dir: Path | None, *, pore: str = "r9.4.1",
+                sample_rate: int = 4000) -> ModelCard:
+    """The parent's model card, or a minimal one for a bare checkpoint."""
+    if card_dir is not None:
+        return load_card(card_dir)
+    student, _ = load_student(checkpoint)
+    stride = student.cfg.stride
+    return ModelCard(name=checkpoint.parent.name or "student", folder=checkpoint.parent,
+                     pore=pore, flow_cells=(), kits=(), sample_rate=sample_rate,
+                     accepted_sample_rates=(sample_rate,), file="model.onnx", alphabet="NACGT",
+                     stride=stride, chunk_size=stride * 1200, overlap=stride * 200,
+                     output="log_softmax", norm=Normalisation("median_mad"))
+
+
+def describe(name: str, technique: str, precision: str, path: Path, net: torch.nn.Module,
+             stride: int) -> ModelFile:
+    """A :class:`ModelFile` with the counts of ``net`` (the folded FP32 weights)."""
+    return ModelFile(name, technique, precision, path, count_params(net), count_nonzero(net),
+                     macs_per_sample(net, stride))
+
+
+class Builder:
+    """Builds variants on demand, caching shared intermediate students."""
+
+    def __init__(self, parent: torch.nn.Module, card: ModelCard, chunks: np.ndarray,
+                 work: Path, steps: int, batch: int) -> None:
+        self.parent, self.card, self.work = parent.eval(), card, work
+        self.chunks = chunks
+        self.train = np.ascontiguousarray(chunks[:, :TRAIN_LEN])
+        self.steps, self.batch = steps, batch
+        self.stride = card.stride
+        self.teacher = fold(self.parent)
+        self._pruned: dict[str, Any] = {}
+        work.mkdir(parents=True, exist_ok=True)
+
+    def onnx(self, name: str, net: FoldedNet) -> Path:
+        """Export a folded net as ``<name>.onnx``."""
+        return export_onnx(net, self.work / f"{_safe(name)}.onnx", length=TRAIN_LEN)
+
+    def pruned(self, method: str, amount: float) -> Any:
+        """A pruned + distilled student (cached by method/amount)."""
+        key = f"{method}{amount}"
+        if key not in self._pruned:
+            log.info("pruning %s %.2f, %d steps", method, amount, self.steps)
+            steps = self.steps * (2 if method == "delayed" else 1)
+            self._pruned[key] = prune(self.parent, method, amount, teacher=self.parent,
+                                      chunks=self.train, steps=steps, batch_size=self.batch)
+        return self._pruned[key]
+
+    def qat_net(self, folded: FoldedNet) -> FoldedNet:
+        """A QAT copy of ``folded`` distilled from the parent for ``steps`` steps."""
+        return qat(copy.deepcopy(folded), self.teacher, self.train, steps=self.steps,
+                   batch_size=self.batch)
+
+    def build(self, name: str) -> list[ModelFile]:
+        """Build one named variant; returns its model file(s)."""
+        fp32 = self.work / "fp32.onnx"
+        if name == "fp32":
+            return [describe("fp32", "parent", "fp32", self.onnx("fp32", self.teacher),
+                             self.teacher, self.stride)]
+        if name.startswith(("unstructured", "structured", "delayed")):
+            method = name.rstrip("0123456789")
+            amount = int(name[len(method):]) / 100
+            net = fold(self.pruned(method, amount))
+            steps = self.steps * (2 if method == "delayed" else 1)
+            tech = f"{method} {int(amount * 100)}% + distil {steps}"
+            return [describe(name, tech, "fp32", self.onnx(name, net), net, self.stride)]
+        if name.startswith("ptq_"):
+            method = name[4:]
+            self._need(fp32)
+            excl = first_last(fp32) if method == "mixed" else []
+            out = ptq(fp32, self.work / f"{name}.onnx", self.train,
+                      method="minmax" if method == "mixed" else method, exclude=excl)
+            return [describe(name, f"PTQ {method}" + (" (stem+head fp32)" if excl else ""),
+                             "mixed" if excl else "int8", out, self.teacher, self.stride)]
+        if name == "qat":
+            net = self.qat_net(self.teacher)
+            out = export_qat(net, self.work / "qat.onnx", self.train, length=TRAIN_LEN)
+            return [describe(name, f"QAT {self.steps}", "int8", out, self.teacher, self.stride)]
+        return self._orders_and_tflite(name)
+
+    def _orders_and_tflite(self, name: str) -> list[ModelFile]:
+        """Pruning/quantisation orderings and TFLite exports."""
+        if name == "P>D>PTQ":
+            net = fold(self.pruned("structured", 0.5))
+            src = self.onnx("structured50", net)
+            out = ptq(src, self.work / "P_D_PTQ.onnx", self.train)
+            return [describe(name, "struct 50% > distil > PTQ", "int8", out, net, self.stride)]
+        if name == "P>D>QAT":
+            net = self.qat_net(fold(self.pruned("structured", 0.5)))
+            out = export_qat(net, self.work / "P_D_QAT.onnx", self.train, length=TRAIN_LEN)
+            return [describe(name, "struct 50% > distil > QAT", "int8", out,
+                             strip_fake_quant(net), self.stride)]
+        if name == "QAT>P>QAT":
+            return [self._qat_prune_qat(name)]
+        if name.startswith("tflite_"):
+            return [self._tflite(name)]
+        raise ValueError(f"unknown variant {name!r} (choose from {', '.join(ALL)})")
+
+    def _qat_prune_qat(self, name: str) -> ModelFile:
+        """QAT the parent, prune the QAT weights by 50 %, QAT again (same budget per stage)."""
+        from tools.prune import remove_channels, select_channels
+
+        net = strip_fake_quant(self.qat_net(self.teacher))
+        student = copy.deepcopy(self.parent)
+        _load_folded_into(student, net)
+        small = fold(remove_channels(student, select_channels(student, 0.5)))
+        final = self.qat_net(small)
+        out = export_qat(final, self.work / "QAT_P_QAT.onnx", self.train, length=TRAIN_LEN)
+        return describe(name, "QAT > struct 50% > QAT", "int8", out, strip_fake_quant(final),
+                        self.stride)
+
+    def _tflite(self, name: str) -> ModelFile:
+        """TFLite FP32 / INT8 of the parent or of the structured-50 % student."""
+        from tools.tflite_export import export_tflite
+
+        int8 = "int8" in name
+        net = fold(self.pruned("structured", 0.5)) if name.endswith("structured50") \
+            else self.teacher
+        out = export_tflite(net, self.work / f"{name}.tflite", batch=self.batch,
+                            length=self.card.chunk_size, int8=int8, chunks=self.chunks)
+        tech = ("full-integer " if int8 else "") + ("struct 50% > distil" if
+                                                    name.endswith("structured50") else "parent")
+        return describe(name, tech, "int8" if int8 else "fp32", out, net, self.stride)
+
+    def _need(self, path: Path) -> None:
+        """Make sure the FP32 ONNX parent exists."""
+        if not path.is_file():
+            self.build("fp32")
+
+
+def _load_folded_into(student: Any, net: FoldedNet) -> None:
+    """Give an unfolded student the folded weights (BatchNorm set to identity)."""
+    pairs = [(student.stem, student.stem_bn, net.stem)]
+    pairs += [(b.dw, b.dw_bn, d) for b, d in zip(student.blocks, net.dws, strict=True)]
+    pairs += [(b.pw, b.bn, p) for b, p in zip(student.blocks, net.pws, strict=True)]
+    with torch.no_grad():
+        for conv, bn, src in pairs:
+            conv.weight.copy_(src.weight)
+            if isinstance(bn, torch.nn.BatchNorm1d):
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(src.bias)
+            elif conv.bias is not None:
+                conv.bias.copy_(src.bias)
+        student.head.weight.copy_(net.head.weight)
+        student.head.bias.copy_(net.head.bias)
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe variant name."""
+    return name.replace(">", "_").replace(" ", "_")
+
+
+def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: Path,
+              steps: int, which: str = "all", exclude: set[str] | None = None,
+              threads: int = 2, batch: int = 16) -> tuple[list[ModelFile], np.ndarray]:
+    """Build the requested variants; returns their files and the real chunks used."""
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(0)
+    names = ALL if which == "all" else QUICK if which == "quick" else \
+        tuple(n.strip() for n in which.split(",") if n.strip())
+    parent, _ = load_student(checkpoint)
+    chunks = load_chunks(data, chunk_size=card.chunk_size, max_chunks=512,
+                         sample_rate=card.sample_rate, norm=card.norm,
+                         exclude_reads=exclude, pore=card.pore)
+    builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch)
+    files: list[ModelFile] = []
+    for name in ("fp32", *[n for n in names if n != "fp32"]):
+        log.info("building variant %s", name)
+        files += builder.build(name)
+    return files, chunks
