@@ -208,7 +208,7 @@ def beam_search(logp, beam_width):  # noqa: ANN001
     frames_a = np.array(frames[::-1], dtype=np.int64)
     moves = np.zeros(f, dtype=np.uint8)
     moves[frames_a] = 1
-    ends = np.append(frames_a[1:], f)
+    ends = np.append(frames_a[1:], f)[:frames_a.size]
     spans = zip(frames_a, ends, labels_a, strict=True)
     probs = np.array([np.exp(lp[s:e, lab].max()) for s, e, lab in spans], dtype=np.float32)
     return labels_a, probs, moves
