@@ -205,6 +205,9 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli(["data-bam", "--bam", "x.bam", "--out", "y.npz", "--chunk-size", "800",
                  "--sample-rate", "4000"]) == 1
     assert "needs --pod5" in capsys.readouterr().err
+    assert _cli(["data-bam", "--bam", str(tmp_path / "no.bam"), "--pod5", str(tmp_path),
+                 "--out", "y.npz", "--chunk-size", "800", "--sample-rate", "4000"]) == 1
+    assert "no such BAM/SAM file" in capsys.readouterr().err
     assert _cli(["data-bam", "--simulated", str(tmp_path), "--out", "y.npz",
                  "--chunk-size", "800"]) == 1
     assert "missing" in capsys.readouterr().err

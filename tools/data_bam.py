@@ -344,6 +344,8 @@ def chunks_from_bam(pod5_paths: Sequence[str | os.PathLike[str]],
 
     if unaligned not in ("skip", "basecall"):
         raise ValueError(f"unaligned must be 'skip' or 'basecall', not {unaligned!r}")
+    if not Path(bam).is_file():
+        raise ValueError(f"{bam}: no such BAM/SAM file")
     summary = BuildSummary()
     segs: dict[str, list[Segmentation]] = {}
     try:
@@ -438,6 +440,9 @@ def chunks_from_paf(pod5_paths: Sequence[str | os.PathLike[str]],
     """
     from edgecall.io.reader import find_pod5, iter_reads
 
+    for f in (paf, fastq):
+        if not Path(f).is_file():
+            raise ValueError(f"{f}: no such file")
     summary = BuildSummary()
     basecalls = read_fastq(fastq)
     segs: dict[str, list[Segmentation]] = {}
