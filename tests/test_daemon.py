@@ -214,3 +214,34 @@ def test_stop_flag_is_noticed_while_idle(dirs: dict[str, Path], tiny_model: Path
     finally:
         dk.stop(proc, signal.SIGKILL)
     assert code == 0 and took < 3, (code, took)
+
+
+def _rss_mb(pid: int) -> float:
+    """VmRSS of a live process in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_files(dirs: dict[str, Path], tiny_model: Path) -> None:
+    n = 36
+    proc = dk.start(_cmd(dirs, tiny_model, "--settle", "0.1"), dirs["log"])
+    try:
+        dk.started(proc, dirs["log"])
+        rss: dict[int, float] = {}
+        for i in range(n):  # files keep arriving while earlier ones are called
+            dk.make_inputs(dirs["stage"], {f"f_{i:03d}.pod5": 4}, seed=100 + i)
+            shutil.move(dirs["stage"] / f"f_{i:03d}.pod5", dirs["watch"] / f"f_{i:03d}.pod5")
+            if i in (n // 3, n - 1):
+                dk.wait_for(lambda k=i: dk.states(dirs["state"])["done"] == k + 1, 60,
+                            f"{i + 1} files done", proc=proc, log=dirs["log"])
+                rss[i] = _rss_mb(proc.pid)
+        assert dk.stop(proc) == 0
+    finally:
+        dk.stop(proc, signal.SIGKILL)
+    warm, end = rss[n // 3], rss[n - 1]
+    print(f"\ndaemon RSS after {n // 3 + 1} files {warm:.1f} MiB, after {n} files {end:.1f} MiB")
+    assert end - warm < 8.0, rss
+    assert len(dk.fastq_ids(dirs["out"])) == 4 * n

@@ -110,6 +110,7 @@ class Watcher:
         self._check = check or _default_check
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
+        self._root_warned = False
 
     def files(self) -> Iterator[tuple[str, Path, os.stat_result]]:
         """Every visible ``*.pod5`` regular file under root: (relative path, path, stat)."""
@@ -120,9 +121,12 @@ class Watcher:
                 with os.scandir(folder) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                if folder == self.root:
-                    log.warning("cannot list %s: %s", folder, exc.strerror)
+                if folder == self.root and not self._root_warned:
+                    log.warning("cannot list %s: %s (will keep trying)", folder, exc.strerror)
+                    self._root_warned = True
                 continue
+            if folder == self.root:
+                self._root_warned = False
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
@@ -189,7 +193,7 @@ class Watcher:
         if seen.unreadable_since is None:
             seen.unreadable_since = now
             seen.reason = reason
-            log.info("%s: not readable yet, will retry for %.0f s: %s", rel, self.settle, reason)
+            log.info("%s: not readable yet, will retry for %g s: %s", rel, self.settle, reason)
             return None
         if now - seen.unreadable_since < self.settle:
             return None
