@@ -74,6 +74,7 @@ class TrainConfig:
     ckpt_minutes: float = 5.0
     commit_minutes: float = 25.0
     threads: int = 2
+    commit: bool = True  # copy + git-commit checkpoints under tools/checkpoints/<run>
 
 
 def resample_matrix(n_in: int, stride_in: int, n_out: int, stride_out: int) -> torch.Tensor:
@@ -346,7 +347,7 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
             run_loss = run_ctc = run_kd = 0.0
             run_n = chunks_window = 0
             t_window = last_ckpt = time.time()
-            if done or time.time() - last_commit >= cfg.commit_minutes * 60:
+            if cfg.commit and (done or time.time() - last_commit >= cfg.commit_minutes * 60):
                 ckdir.mkdir(parents=True, exist_ok=True)
                 files = [ckdir / "last.pt", ckdir / "log.csv", ckdir / "config.json"]
                 shutil.copy(out / "last.pt", files[0])
@@ -379,6 +380,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stem-kernel", type=int, default=15)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--no-skips", action="store_true")
+    p.add_argument("--no-commit", action="store_true",
+                   help="never copy/commit checkpoints into tools/checkpoints (tests)")
     for name, typ in [("batch-size", int), ("lr", float), ("kd-alpha", float),
                       ("kd-tau", float), ("skipclip-start", float), ("skipclip-end", float),
                       ("seed", int), ("ckpt-minutes", float), ("commit-minutes", float),
@@ -394,6 +397,8 @@ def run(args: argparse.Namespace) -> int:
                   "seed", "ckpt_minutes", "commit_minutes", "threads", "max_steps",
                   "hours"]}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.no_commit:
+        overrides["commit"] = False
     if args.resume is not None:
         if not args.resume.exists():
             raise FileNotFoundError(f"{args.resume}: checkpoint not found")

@@ -1,0 +1,237 @@
+"""Export a trained student to ONNX and write its model card.
+
+``python -m tools export CKPT models/<name> [--eval-json E.json ...]``:
+
+* BatchNorm is folded into the preceding convolutions (stem, depthwise,
+  pointwise), so the graph holds only Conv, Relu/Clip/Sigmoid*Mul, optional Add
+  (residuals, only while a network still has them), Transpose and LogSoftmax.
+* ONNX opset 17, input ``signal`` float32 ``[N, 1, T]`` (dynamic N and T, T a
+  multiple of the stride), output ``logprobs`` ``[N, T/stride, 5]``.
+* ``card.toml`` follows the schema in :mod:`edgecall.models`: chemistry, stride,
+  chunking, normalisation, params, MACs/sample, sha256 of every file, accuracy
+  from ``tools evaluate`` JSON files, onnxruntime samples/s and the training command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tools.arch import ArchConfig, Block, Student, count_params, macs_per_sample
+
+log = logging.getLogger(__name__)
+
+
+def fold_bn(conv: nn.Conv1d, bn: nn.Module) -> nn.Conv1d:
+    """A Conv1d with ``bn`` (eval statistics) folded in; Identity bn just copies."""
+    out = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size[0],
+                    stride=conv.stride[0], padding=conv.padding[0], groups=conv.groups,
+                    bias=True)
+    w = conv.weight.detach().clone()
+    b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0])
+    if isinstance(bn, nn.BatchNorm1d):
+        g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        w = w * g[:, None, None]
+        b = (b - bn.running_mean) * g + bn.bias.detach()
+    out.weight.data = w
+    out.bias.data = b
+    return out
+
+
+class Folded(nn.Module):
+    """The inference graph of a :class:`Student` with BatchNorm folded away."""
+
+    def __init__(self, model: Student) -> None:
+        super().__init__()
+        model = model.eval()
+        self.stem = fold_bn(model.stem, model.stem_bn)
+        self.act = model.stem_act
+        self.dws = nn.ModuleList()
+        self.pws = nn.ModuleList()
+        self.skips: list[float] = []
+        for blk in model.blocks:
+            assert isinstance(blk, Block)
+            self.dws.append(fold_bn(blk.dw, blk.dw_bn))
+            self.pws.append(fold_bn(blk.pw, blk.bn))
+            self.skips.append(blk.skip_scale if blk.skip else 0.0)
+        self.head = model.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, T]`` -> log-probs ``[N, T/stride, C]``."""
+        h = self.act(self.stem(x))
+        for dw, pw, s in zip(self.dws, self.pws, self.skips, strict=True):
+            y = pw(dw(h))
+            if s == 1.0:
+                y = y + h
+            elif s > 0:
+                y = y + s * h
+            h = self.act(y)
+        return torch.log_softmax(self.head(h).transpose(1, 2), dim=-1)
+
+
+def load_checkpoint(path: Path) -> tuple[Student, dict]:
+    """Student (eval mode, skip scale restored) and the raw checkpoint dict."""
+    from tools.arch import set_skip_scale
+
+    st = torch.load(path, weights_only=False)
+    model = Student(ArchConfig(**st["config"]["arch"]))
+    model.load_state_dict(st["model"])
+    set_skip_scale(model, float(st.get("skip_scale", 1.0)))
+    return model.eval(), st
+
+
+def export_onnx(model: Student, path: Path, chunk: int = 3600) -> Path:
+    """Fold BatchNorm and write an opset-17 ONNX graph with dynamic N and T."""
+    folded = Folded(model).eval()
+    x = torch.randn(2, 1, chunk)
+    with torch.no_grad():
+        ref = model(x)
+        got = folded(x)
+    err = float((ref - got).abs().max())
+    if err > 1e-3:
+        raise ValueError(f"BatchNorm folding changed the output by {err:.2e}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(folded, (x,), str(path), input_names=["signal"],
+                      output_names=["logprobs"], opset_version=17, dynamo=False,
+                      dynamic_axes={"signal": {0: "N", 2: "T"}, "logprobs": {0: "N", 1: "F"}})
+    return path
+
+
+def ort_samples_per_s(path: Path, chunk: int, batch: int = 16, threads: int = 2,
+                      repeats: int = 3) -> float:
+    """onnxruntime throughput in input samples per second on this machine."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 1, chunk)).astype(np.float32)
+    sess.run(None, {"signal": x})
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        sess.run(None, {"signal": x})
+    return batch * chunk * repeats / (time.perf_counter() - t0)
+
+
+def _toml_value(v: object) -> str:
+    """One TOML scalar or array."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Minimal TOML writer: scalars, arrays and nested tables."""
+    lines = [f"{k if k.isidentifier() else json.dumps(k)} = {_toml_value(v)}"
+             for k, v in data.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            key = k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+            name = f"{prefix}.{key}" if prefix else key
+            out += f"\n[{name}]\n" + to_toml(v, name)
+    return out
+
+
+def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[dict],
+               samples_per_s: float, chunk: int, overlap: int, description: str,
+               default: bool, command: str) -> Path:
+    """Write ``card.toml`` for an exported R9.4.1 model folder."""
+    from edgecall.models import FLOW_CELLS, sha256_file
+
+    cfg = model.cfg
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != "card.toml"}
+    accuracy = {}
+    for ev in evals:
+        key = ev.get("dataset") or Path(ev["data"][0]).parent.name
+        accuracy[key] = {k: ev[k] for k in ("median_identity", "mean_identity", "reads",
+                                             "mapped", "bases") if k in ev}
+        accuracy[key]["data"] = ev["data"]
+        accuracy[key]["reference"] = ev.get("reference", "")
+    card = {
+        "name": name, "description": description, "default": default,
+        "chemistry": {"pore": "r9.4.1", "flow_cells": list(FLOW_CELLS["r9.4.1"]),
+                      "kits": [], "sample_rate": 4000,
+                      "accepted_sample_rates": [4000, 5000], "measured_sample_rates": [4000]},
+        "model": {"file": "model.onnx", "alphabet": "NACGT", "stride": cfg.stride,
+                  "chunk_size": chunk, "overlap": overlap, "output": "log_softmax"},
+        "normalisation": {"method": "median_mad", "clip": 0.0},
+        "architecture": {**{k: v for k, v in cfg.to_dict().items() if k != "skips"},
+                         "skips": bool(cfg.skips and ckpt.get("skip_scale", 1.0) > 0),
+                         "params": count_params(model),
+                         "macs_per_sample": round(macs_per_sample(cfg), 1),
+                         "onnxruntime_samples_per_s": round(samples_per_s),
+                         "onnxruntime_threads": 2},
+        "files": files,
+        "accuracy": accuracy,
+        "training": {"command": command, "step": int(ckpt.get("step", 0)),
+                     "trained_seconds": round(float(ckpt.get("elapsed", 0.0))),
+                     "teacher": "deepnano-blitz rnn96 (KD + labels)"},
+    }
+    path = folder / "card.toml"
+    path.write_text(to_toml(card))
+    return path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` subcommand."""
+    p = sub.add_parser("export", help="checkpoint -> models/<name>/ (ONNX + card.toml)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("folder", type=Path, help="model folder, e.g. models/r941_dsc_v1")
+    p.add_argument("--name", default=None)
+    p.add_argument("--chunk", type=int, default=4000)
+    p.add_argument("--overlap", type=int, default=400)
+    p.add_argument("--eval-json", type=Path, nargs="*", default=[],
+                   help="tools evaluate JSON files to record as accuracy")
+    p.add_argument("--description", default="")
+    p.add_argument("--default", action="store_true")
+    p.add_argument("--command", default="", help="the training command for the card")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the ONNX graph and write the card."""
+    torch.set_num_threads(1)
+    model, st = load_checkpoint(args.checkpoint)
+    stride = model.cfg.stride
+    if args.chunk % stride or args.overlap % stride:
+        raise ValueError(f"chunk {args.chunk} and overlap {args.overlap} must be multiples "
+                         f"of the stride {stride}")
+    onnx_path = export_onnx(model, args.folder / "model.onnx", args.chunk)
+    sps = ort_samples_per_s(onnx_path, args.chunk)
+    evals = [json.loads(p.read_text()) for p in args.eval_json]
+    command = args.command or "python -m tools.train " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in st["config"].items()
+        if k in ("run", "lr", "batch_size", "hours", "kd_alpha", "kd_tau"))
+    write_card(args.folder, args.name or args.folder.name, model, st, evals, sps, args.chunk,
+               args.overlap, args.description, args.default, command)
+    log.info("exported %s (%.0f samples/s onnxruntime)", args.folder, sps)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tools.export ...``."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tools.export")
+    sub = parser.add_subparsers(dest="step")
+    register(sub)
+    args = parser.parse_args(["export", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
