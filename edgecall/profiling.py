@@ -502,7 +502,11 @@ def plot_report(report: ProfileReport, path: str | Path) -> None:
         raise EdgecallError("--plot needs matplotlib: pip install 'edgecall[plot]'") from None
     ok = [r for r in report.results if r.available]
     labels = [r.setting.label for r in ok]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(min(20.0, max(9.0, 0.9 * len(ok) + 6)), 4.8))
+    energy = [r.j_per_mbase for r in ok]
+    has_energy = any(e is not None for e in energy)
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(min(20.0, max(9.0, 0.9 * len(ok) + 6)), 4.8),
+        gridspec_kw={"width_ratios": [1, 1] if has_energy else [4, 1]})
     x = np.arange(len(ok))
     channels = [r.channels for r in ok]
     bars = ax1.bar(x, channels, color="tab:blue")
@@ -513,8 +517,7 @@ def plot_report(report: ProfileReport, path: str | Path) -> None:
     ax1.set_ylabel("MinION channels kept up with")
     ax1.set_title("Throughput")
     ax1.legend(loc="upper right", fontsize=8)
-    energy = [r.j_per_mbase for r in ok]
-    if any(e is not None for e in energy):
+    if has_energy:
         bars = ax2.bar(x, [e or 0.0 for e in energy], color="tab:green")
         ax2.bar_label(bars, labels=[f"{r.mean_watts:.1f} W" if r.mean_watts is not None
                                     else "" for r in ok], fontsize=8)
