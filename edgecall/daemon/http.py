@@ -240,21 +240,34 @@ class MetricsServer:
 class ProcessProbe:
     """Process figures from :mod:`edgecall.telemetry` (psutil fallback), thread-safe."""
 
-    def __init__(self, sample_interval: float = 2.0) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._peak = 0
+        self._started = False
         try:
             from edgecall import telemetry  # owned by another module; may be absent
             self._telemetry: Any = telemetry
         except ImportError:
             self._telemetry = None
-        configure = getattr(self._telemetry, "configure", None)
-        if configure is not None:
-            try:
-                configure(interval=sample_interval)  # one slow background sampler
-            except Exception as exc:  # noqa: BLE001 - telemetry must not break serving
-                log.warning("telemetry sampler not started: %s", exc)
         self._last: tuple[float, float] | None = None
+
+    def start(self, sample_interval: float = 2.0) -> None:
+        """Start the process-wide telemetry sampler (one slow background thread)."""
+        configure = getattr(self._telemetry, "configure", None)
+        if configure is None:
+            return
+        try:
+            configure(interval=sample_interval)
+            self._started = True
+        except Exception as exc:  # noqa: BLE001 - telemetry must not break serving
+            log.warning("telemetry sampler not started: %s", exc)
+
+    def close(self) -> None:
+        """Stop the sampler started by :meth:`start`."""
+        shutdown = getattr(self._telemetry, "shutdown", None)
+        if self._started and shutdown is not None:
+            shutdown()
+            self._started = False
 
     def snapshot(self) -> dict[str, Any]:
         """rss_bytes, peak_rss_bytes, cpu_percent, power_watts, energy_joules, power_source."""

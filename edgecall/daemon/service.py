@@ -195,6 +195,7 @@ class Service:
         for folder in (cfg.state, cfg.output):
             folder.mkdir(parents=True, exist_ok=True)
         self._lockfile = files.acquire_lock(cfg.state)
+        self._probe.start()
         self.journal = Journal(journal_path(cfg.state))
         for rel in self.journal.recover():
             log.warning("%s: was interrupted; will be redone from scratch", rel)
@@ -255,6 +256,7 @@ class Service:
             self._telemetry("stop")
         if self.http is not None:
             self.http.stop()
+        self._probe.close()
         if self.journal is not None:
             self.journal.close()
         if self._lockfile is not None:
