@@ -178,8 +178,9 @@ def _dq_source(model, name: str) -> str:
     return ""
 
 
-def write_card(folder: Path, name: str, stride: int, int8: bool) -> None:
-    """Minimal card.toml for a benchmark-only model folder."""
+def write_card(folder: Path, name: str, stride: int, int8: bool, chunk_size: int = 3600,
+               overlap: int = 600) -> None:
+    """Minimal card.toml for a benchmark-only model folder (r9.4.1, 4 kHz)."""
     variants = '[model.variants]\nint8 = "model.int8.onnx"\n' if int8 else ""
     (folder / "card.toml").write_text(f'''name = "{name}"
 description = "benchmark-only random-weight graph (speed, not accuracy)"
@@ -190,8 +191,8 @@ sample_rate = 4000
 file = "model.onnx"
 alphabet = "NACGT"
 stride = {stride}
-chunk_size = 3999
-overlap = 0
+chunk_size = {chunk_size}
+overlap = {overlap}
 output = "log_softmax"
 {variants}[normalisation]
 method = "median_mad"

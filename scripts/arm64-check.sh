@@ -17,7 +17,7 @@
 # Every step is timed; the summary is printed and written to bench/arm64/timings.md.
 #
 # Usage: scripts/arm64-check.sh [--model DIR] [--reads POD5|DIR] [--max-reads N]
-#            [--engines "onnx native tflite"] [--tree head|worktree] [--rebuild]
+#            [--engines "onnx native tflite onnx:int8 native:int8"] [--tree head|worktree] [--rebuild]
 #            [--skip-basecall] [--no-report]
 set -euo pipefail
 
@@ -27,7 +27,7 @@ source "$REPO/scripts/arm64-rootfs.sh"
 
 CACHE="${EDGECALL_ARM64_CACHE:-$(dirname "$ARM64_ROOT")}"
 SHARED="${EDGECALL_SHARED_DATA:-$(dirname "$REPO")/shared/data}"
-MODEL=""; READS=""; MAX_READS=3; ENGINES="onnx native tflite"; TREE=head
+MODEL=""; READS=""; MAX_READS=3; ENGINES="onnx native tflite onnx:int8 native:int8"; TREE=head
 REBUILD=""; SKIP_BASECALL=""; WRITE_REPORT=1
 HOST_PY="${EDGECALL_HOST_PYTHON:-python3}"
 
@@ -112,47 +112,58 @@ print('KERNELS', ' '.join(mods) or '(none built)')
 PY" | tee "$RUN_DIR/wheels.txt"
 }
 
-kernel_tests_in_root() {
-    # The kernel test files of the tree, run by the arm64 venv on the natively built kernels.
-    local tests
-    tests=$(cd "$ARM64_ROOT$GUEST_SRC" && ls tests/test_kernel*.py tests/test_native*.py \
-            tests/test_decode*.py 2>/dev/null | tr '\n' ' ' || true)
+# run_kernel_tests CPU PYTHONPATH LABEL: the tree's kernel tests in the arm64 venv with
+# QEMU_CPU=CPU (max = everything incl. dotprod; cortex-a76 = Pi 5; cortex-a72 = Pi 4),
+# importing edgecall from PYTHONPATH ('' = the pip-installed, natively built package).
+run_kernel_tests() {
+    local cpu="$1" pypath="$2" label="$3" tests log="$RUN_DIR/kernel-tests-$3.txt"
+    tests=$(cd "$ARM64_ROOT$GUEST_SRC" && ls tests/test_kernel*.py 2>/dev/null | tr '\n' ' ' || true)
     if [ -z "$tests" ]; then echo "no kernel tests in the tree yet"; return 0; fi
-    # Run from a copy without the source package so the *installed* (arm64-built) one is used.
+    # Run from a copy without the source package so the chosen build is the one imported.
     in_root /bin/sh -c "rm -rf /root/ktest && mkdir /root/ktest && cp -r $GUEST_SRC/tests \
-        $GUEST_SRC/pyproject.toml /root/ktest/ && cd /root/ktest && \
-        EDGECALL_SHARED_DATA=/data $GUEST_VENV/bin/python -m pytest -q -x -m 'not slow' \
-        -p no:cacheprovider $tests" 2>&1 | tail -15 | tee "$RUN_DIR/kernel-tests.txt"
-    return "${PIPESTATUS[0]}"
+        $GUEST_SRC/pyproject.toml /root/ktest/" || return 1
+    set +e
+    QEMU_CPU="$cpu" in_root /bin/sh -c "cd /root/ktest && PYTHONPATH=$pypath \
+        EDGECALL_SHARED_DATA=/data $GUEST_VENV/bin/python -c 'import edgecall._kernels.conv as c, \
+        edgecall; print(\"kernels from\", edgecall.__file__, \"simd:\", c.simd())' && \
+        PYTHONPATH=$pypath $GUEST_VENV/bin/python -m pytest -q -x -m 'not slow' \
+        -p no:cacheprovider $tests" > "$log" 2>&1
+    local rc=$?
+    set -e
+    tail -6 "$log"
+    if [ $rc -eq 0 ] && ! grep -qE '[0-9]+ passed' "$log"; then
+        echo "kernel tests ($label): nothing passed (all skipped?)"; return 1
+    fi
+    if [ $rc -ne 0 ] && grep -qiE 'illegal instruction|SIGILL|core dumped|exit code 132|status 132' "$log"; then
+        echo "kernel tests ($label): ILLEGAL INSTRUCTION on $cpu"
+    fi
+    return $rc
 }
 
 cross_build() {
     # Host-side cross compile with Debian's aarch64 gcc (issue 4's ARM check).
-    EDGECALL_ARM64_ROOT="$ARM64_ROOT" "$HOST_PY" "$REPO/scripts/arm64_cross.py" \
-        --src "$RUN_DIR/x86-src" --root "$ARM64_ROOT" --venv "$GUEST_VENV" \
-        --out "$RUN_DIR/cross"
+    "$HOST_PY" "$REPO/scripts/arm64_cross.py" --src "$RUN_DIR/x86-src" \
+        --root "$ARM64_ROOT" --venv "$GUEST_VENV" --out "$RUN_DIR/cross"
 }
 
+# cross_run TAG CPU: the cross-built .so files (pi5 or pi4 flags) loaded by the emulated
+# arm64 Python on the matching CPU model, running the kernel tests.
 cross_run() {
-    # The cross-built .so files, loaded by the emulated arm64 Python: import + kernel tests.
-    local tests
-    tests=$(cd "$RUN_DIR/x86-src" && ls tests/test_kernel*.py 2>/dev/null | tr '\n' ' ' || true)
-    rm -rf "$ARM64_ROOT/root/cross" && cp -r "$RUN_DIR/cross/pkg" "$ARM64_ROOT/root/cross"
-    cp -r "$RUN_DIR/x86-src/tests" "$RUN_DIR/x86-src/pyproject.toml" "$ARM64_ROOT/root/cross/"
-    in_root /bin/sh -c "cd /root/cross && PYTHONPATH=/root/cross $GUEST_VENV/bin/python -c \
-        'import edgecall._kernels as k, pkgutil; ms=[m.name for m in pkgutil.iter_modules(k.__path__)]; \
-         [__import__(\"edgecall._kernels.\"+m) for m in ms]; print(\"cross-built kernels import:\", ms)' \
-        && if [ -n '$tests' ]; then PYTHONPATH=/root/cross $GUEST_VENV/bin/python -m pytest -q -x \
-        -m 'not slow' -p no:cacheprovider $tests 2>&1 | tail -5; fi"
+    local tag="$1" cpu="$2"
+    rm -rf "$ARM64_ROOT/root/cross-$tag"
+    cp -r "$RUN_DIR/cross/$tag/pkg" "$ARM64_ROOT/root/cross-$tag"
+    run_kernel_tests "$cpu" "/root/cross-$tag" "cross-$tag"
 }
 
 neon_report() {
     local native_so
     native_so=$(find "$ARM64_ROOT$GUEST_VENV/lib" -path '*edgecall/_kernels/*.so' 2>/dev/null | sort)
     "$HOST_PY" "$REPO/scripts/arm64_neon_report.py" --native $native_so \
-        --cross "$RUN_DIR"/cross/pkg/edgecall/_kernels/*.so \
-        --flags "$(cat "$RUN_DIR/cross/flags.txt" 2>/dev/null || echo '?')" \
-        --out "${WRITE_REPORT:+$OUT/neon_report.md}"
+        --cross "$RUN_DIR"/cross/pi5/pkg/edgecall/_kernels/*.so \
+        --cross-pi4 "$RUN_DIR"/cross/pi4/pkg/edgecall/_kernels/*.so \
+        --flags "$(cat "$RUN_DIR/cross/pi5/flags.txt" 2>/dev/null || echo '?')" \
+        --out "${WRITE_REPORT:+$OUT/neon_report.md}" > "$RUN_DIR/neon_report.md"
+    grep -E '^Totals|^## |^### ' "$RUN_DIR/neon_report.md"
 }
 
 basecall_compare() {
@@ -163,43 +174,53 @@ basecall_compare() {
         --out "${WRITE_REPORT:+$OUT/basecall.md}"
 }
 
-FAILED=0
-run_step() { step "$@" || FAILED=$((FAILED + 1)); }
+# Everything below runs from one function so that editing this file while it runs
+# (bash reads scripts incrementally) cannot derail a run in progress.
+main() {
+    FAILED=0
+    run_step() { step "$@" || FAILED=$((FAILED + 1)); }
 
-build_rootfs $REBUILD
-run_step "copy clean project tree ($TREE) into root" copy_tree
-run_step "venv (python3 -m venv)" make_venv
-run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
-run_step "optional wheels + imports" probe_wheels
-run_step "kernel tests inside root (natively built)" kernel_tests_in_root
-run_step "cross-compile kernels (aarch64-linux-gnu-gcc)" cross_build
-run_step "cross-built kernels under qemu-aarch64" cross_run
-run_step "NEON/sdot disassembly report" neon_report
-if [ -z "$SKIP_BASECALL" ]; then
-    run_step "basecall arm64 vs x86 + compare" basecall_compare
-fi
+    build_rootfs $REBUILD
+    run_step "copy clean project tree ($TREE) into root" copy_tree
+    run_step "venv (python3 -m venv)" make_venv
+    run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
+    run_step "optional wheels + imports" probe_wheels
+    run_step "kernel tests, pip-built kernels, QEMU_CPU=max" run_kernel_tests max "" native-max
+    run_step "kernel tests, pip-built kernels, cortex-a76 (Pi 5)" run_kernel_tests cortex-a76 "" native-a76
+    run_step "kernel tests, pip-built kernels, cortex-a72 (Pi 4)" run_kernel_tests cortex-a72 "" native-a72
+    run_step "cross-compile kernels (aarch64-linux-gnu-gcc, pi5+pi4)" cross_build
+    run_step "cross-built pi5 kernels under qemu cortex-a76" cross_run pi5 cortex-a76
+    run_step "cross-built pi4 kernels under qemu cortex-a72" cross_run pi4 cortex-a72
+    run_step "NEON/sdot disassembly report" neon_report
+    if [ -z "$SKIP_BASECALL" ]; then
+        run_step "basecall arm64 vs x86 + compare" basecall_compare
+    fi
 
-TOTAL=$(( $(date +%s) - T_START ))
-echo
-echo "=== arm64-check timings (QEMU_CPU=$QEMU_CPU, root $ARM64_ROOT) ==="
-cat "$STEP_LOG"
-echo "total: ${TOTAL}s, failed steps: $FAILED"
-if [ -n "$WRITE_REPORT" ]; then
-    {
-        echo "# arm64 check timings"
-        echo
-        echo "Generated by \`scripts/arm64-check.sh\` on $(date -u +%FT%TZ) (host: $(nproc) cores," \
-             "emulation: proot + qemu-aarch64-static, QEMU_CPU=$QEMU_CPU, nice -n 10, shared with" \
-             "other jobs). Tree: $TREE ($(git -C "$REPO" rev-parse --short HEAD))."
-        echo
-        echo '```'
-        cat "$STEP_LOG"
-        echo "total: ${TOTAL}s, failed steps: $FAILED"
-        echo '```'
-        if [ -f "$RUN_DIR/wheels.txt" ]; then
-            echo; echo "## What installs on arm64 (Debian bookworm, Python 3.11, pip from PyPI)"
-            echo; echo '```'; cat "$RUN_DIR/wheels.txt"; echo '```'
-        fi
-    } > "$OUT/timings.md"
-fi
-exit $((FAILED > 0))
+    TOTAL=$(( $(date +%s) - T_START ))
+    echo
+    echo "=== arm64-check timings (QEMU_CPU=$QEMU_CPU, root $ARM64_ROOT) ==="
+    cat "$STEP_LOG"
+    echo "total: ${TOTAL}s, failed steps: $FAILED"
+    if [ -n "$WRITE_REPORT" ]; then
+        {
+            echo "# arm64 check timings"
+            echo
+            echo "Generated by \`scripts/arm64-check.sh\` on $(date -u +%FT%TZ) (host: $(nproc) cores," \
+                 "emulation: proot + qemu-aarch64-static, QEMU_CPU=$QEMU_CPU, nice -n 10, shared with" \
+                 "other jobs). Tree: $TREE ($(git -C "$REPO" rev-parse --short HEAD))."
+            echo
+            echo '```'
+            cat "$STEP_LOG"
+            echo "total: ${TOTAL}s, failed steps: $FAILED"
+            echo '```'
+            if [ -f "$RUN_DIR/wheels.txt" ]; then
+                echo; echo "## What installs on arm64 (Debian bookworm, Python 3.11, pip from PyPI)"
+                echo; echo '```'; cat "$RUN_DIR/wheels.txt"; echo '```'
+            fi
+        } > "$OUT/timings.md"
+    fi
+    return $((FAILED > 0))
+}
+
+main
+exit $?

@@ -102,15 +102,19 @@ build_rootfs() {
     if [ "${1:-}" = "--rebuild" ]; then rm -rf "$ARM64_ROOT"; fi
     if rootfs_ok; then
         echo "arm64 root: reusing cached $ARM64_ROOT" >&2
+        printf '%-48s %8s    %s\n' "rootfs: cached (see build below)" "0.0 s" "ok" >> "$STEP_LOG"
+        sed 's/^/    (cached build) /' "$ARM64_ROOT/.edgecall-rootfs-ok" >> "$STEP_LOG"
         return 0
     fi
+    local mark; mark=$(wc -l < "$STEP_LOG")
     if [ ! -f "$ARM64_ROOT/debootstrap/debootstrap" ]; then
         step "rootfs: debootstrap --foreign (download+unpack)" first_stage
     fi
     step "rootfs: second stage under proot+qemu" second_stage
     step "rootfs: host pip settings + CA certificates" host_settings
     step "rootfs: smoke test (python3, gcc)" smoke
-    date -u +%FT%TZ > "$ARM64_ROOT/.edgecall-rootfs-ok"
+    { echo "built $(date -u +%FT%TZ)"; tail -n +$((mark + 1)) "$STEP_LOG"; } \
+        > "$ARM64_ROOT/.edgecall-rootfs-ok"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

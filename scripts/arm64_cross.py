@@ -3,10 +3,11 @@
 Each ``kernels/*.pyx`` is translated to C by the host's Cython (same compiler
 directives as ``setup.py``) and compiled by Debian's ``aarch64-linux-gnu-gcc``
 against the arm64 root file system's Python 3.11 and numpy headers, with the
-flags ``setup.py`` uses on a Pi (``-O3 -ffp-contract=fast -fno-math-errno
--march=armv8.2-a+dotprod -fopenmp``). The result is a copy of the ``edgecall``
-package whose ``_kernels`` hold the cross-built ``.so`` files, ready to be
-imported by the emulated arm64 Python (``scripts/arm64-check.sh``).
+flags ``setup.py`` uses on a Pi (``-O3 -ffp-contract=fast -fno-math-errno -fopenmp``
+plus ``-march=armv8.2-a+dotprod`` for a Pi 5 / Cortex-A76 and ``-march=armv8-a``
+for a Pi 4 / Cortex-A72). Per ``-march`` the result is a copy of the ``edgecall``
+package whose ``_kernels`` hold the cross-built ``.so`` files (``OUT/<tag>/pkg``),
+ready to be imported by the emulated arm64 Python (``scripts/arm64-check.sh``).
 
 Usage::
 
@@ -25,7 +26,7 @@ from pathlib import Path
 CC = "aarch64-linux-gnu-gcc"
 DIRECTIVES = {"language_level": "3", "boundscheck": "False", "wraparound": "False",
               "cdivision": "True", "initializedcheck": "False"}
-ARCH_FLAGS = ["-march=armv8.2-a+dotprod"]
+MARCH = {"pi5": "armv8.2-a+dotprod", "pi4": "armv8-a"}
 CFLAGS = ["-O3", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp", "-fPIC",
           "-fno-strict-aliasing", "-DNPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION"]
 EXT_SUFFIX = ".cpython-311-aarch64-linux-gnu.so"
@@ -42,8 +43,8 @@ def numpy_include(root: Path, venv: str) -> Path:
     raise SystemExit(f"arm64_cross: no numpy headers under {base} (run the venv step first)")
 
 
-def build(src: Path, root: Path, venv: str, out: Path) -> list[Path]:
-    """Cythonize and cross-compile every kernel; returns the built .so paths."""
+def build(src: Path, root: Path, venv: str, out: Path, march: str) -> list[Path]:
+    """Cythonize and cross-compile every kernel for ``-march``; returns the .so paths."""
     pyxs = sorted((src / "kernels").glob("*.pyx"))
     if not pyxs:
         print("arm64_cross: no kernels/*.pyx in the tree; nothing to build")
@@ -60,13 +61,13 @@ def build(src: Path, root: Path, venv: str, out: Path) -> list[Path]:
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     cdir = out / "c"
     cdir.mkdir(parents=True)
-    flags = [*CFLAGS, *ARCH_FLAGS]
+    flags = [*CFLAGS, f"-march={march}"]
     (out / "flags.txt").write_text(" ".join([CC, *flags]) + "\n")
     built = []
     for pyx in pyxs:
         c_file = cdir / f"{pyx.stem}.c"
         cy = [sys.executable, "-m", "cython", "-3", "-o", str(c_file),
-              "-I", str(src / "kernels")]
+              "--module-name", f"edgecall._kernels.{pyx.stem}", "-I", str(src / "kernels")]
         for key, val in DIRECTIVES.items():
             cy += ["-X", f"{key}={val}"]
         subprocess.run([*cy, str(pyx)], check=True)
@@ -92,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, required=True, help="arm64 root file system")
     ap.add_argument("--venv", default="/root/venv", help="venv path inside the root")
     ap.add_argument("--out", type=Path, required=True, help="output folder (replaced)")
+    ap.add_argument("--targets", nargs="*", default=list(MARCH), choices=list(MARCH))
     args = ap.parse_args(argv)
-    built = build(args.src, args.root, args.venv, args.out)
-    for so in built:
-        info = subprocess.run(["file", "-b", str(so)], capture_output=True, text=True).stdout
-        print(f"{so.name}: {info.strip()[:90]}")
+    for tag in args.targets:
+        built = build(args.src, args.root, args.venv, args.out / tag, MARCH[tag])
+        for so in built:
+            info = subprocess.run(["file", "-b", str(so)], capture_output=True,
+                                  text=True).stdout
+            print(f"{tag} {so.name}: {info.strip()[:80]}")
     return 0
 
 

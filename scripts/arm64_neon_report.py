@@ -32,6 +32,9 @@ CLASSES = {
     "sdot/udot": re.compile(r"^(sdot|udot|usdot|sudot)$"),
     "int vec mlal/mull": re.compile(r"^(smlal2?|smull2?|umlal2?|umull2?|sadalp|uadalp|mla|mul)$"),
 }
+#: ARMv8.1 LSE atomics: a Cortex-A72 (Pi 4, ARMv8.0) faults on them (SIGILL).
+LSE_RE = re.compile(r"^(ldadd|ldclr|ldeor|ldset|ldsmax|ldsmin|ldumax|ldumin|swp|cas|casp)"
+                    r"(a|al|l)?(b|h)?$")
 VEC_RE = re.compile(r"\bv\d+\.(\d+[bhsd])")
 # Cython/CPython plumbing, never a hot loop.
 SKIP_RE = re.compile(r"^(__Pyx|__pyx_memview|__pyx_array|__pyx_tp_|__pyx_mp_|__pyx_sq_|"
@@ -52,8 +55,17 @@ class FuncStats:
     inner_vec_fp: int  # innermost loops containing a vector fp32 fmla/fmul
 
 
+def is_kernel(name: str) -> bool:
+    """Our code (kernel bodies, their OpenMP outlined regions, C helpers), not plumbing."""
+    if "_8edgecall_" in name or "_omp_fn" in name or name.startswith("__pyx_pf_"):
+        return not name.startswith("__pyx_pw_")
+    return not SKIP_RE.match(name) and not name.startswith(("__pyx", "__Pyx", "_", "Py"))
+
+
 def classify(mnemonic: str, operands: str) -> str | None:
     """Which class an instruction belongs to (vector forms only where relevant)."""
+    if LSE_RE.match(mnemonic):
+        return "LSE atomics (v8.1)"
     vec = VEC_RE.search(operands)
     if CLASSES["sdot/udot"].match(mnemonic):
         return "sdot/udot"
@@ -70,7 +82,7 @@ def classify(mnemonic: str, operands: str) -> str | None:
 
 def demangle(sym: str) -> str:
     """Readable name for Cython symbols (module.function), others unchanged."""
-    m = re.match(r"^__pyx_(?:pf|f)_8edgecall_8_kernels_(\d+)(\w+)$", sym.split(".")[0])
+    m = re.match(r"^__pyx_(?:pf|f)_(?:8edgecall_8_kernels_)?(\d+)(\w+)$", sym.split(".")[0])
     if not m:
         return sym
     n, rest = int(m.group(1)), m.group(2)
@@ -95,7 +107,7 @@ def parse(so: Path) -> list[FuncStats]:
             funcs[-1][1].append((int(im.group(1), 16), im.group(2), im.group(3)))
     out = []
     for name, insns in funcs:
-        if SKIP_RE.match(name) or not insns:
+        if not insns or not is_kernel(name):
             continue
         lo, hi = insns[0][0], insns[-1][0]
         loops = []
@@ -121,7 +133,7 @@ def parse(so: Path) -> list[FuncStats]:
             if any(a <= addr <= b and classify(mn, ops) == "fp32 vec fmla/fmul"
                    for addr, mn, ops in insns):
                 inner_vec += 1
-        if not all_counts and not loops:
+        if not all_counts and not loops and not name.startswith("__Pyx"):
             continue
         out.append(FuncStats(demangle(name), len(insns), len(loops), len(inner),
                              inner_counts, all_counts, inner_vec))
@@ -129,6 +141,20 @@ def parse(so: Path) -> list[FuncStats]:
 
 
 COLS = ("fp32 vec fmla/fmul", "sdot/udot", "int vec mlal/mull", "scalar fp fmadd/fmul")
+
+
+def object_counts(so: Path) -> dict[str, int]:
+    """Whole-object instruction class counts (all functions, Cython plumbing included)."""
+    text = subprocess.run([OBJDUMP, "-d", "--no-show-raw-insn", str(so)], check=True,
+                          capture_output=True, text=True).stdout
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        im = INSN_RE.match(line)
+        if im:
+            c = classify(im.group(2), im.group(3))
+            if c:
+                counts[c] = counts.get(c, 0) + 1
+    return counts
 
 
 def section(title: str, sos: list[Path]) -> list[str]:
@@ -150,8 +176,12 @@ def section(title: str, sos: list[Path]) -> list[str]:
                          f"{s.inner_vec_fp} | " + " | ".join(cells) + " |")
         tot = {c: sum(s.all_counts.get(c, 0) for s in stats) for c in COLS}
         inn = {c: sum(s.inner_counts.get(c, 0) for s in stats) for c in COLS}
-        lines += ["", "Totals (innermost loops / whole object): "
-                  + ", ".join(f"{c}: {inn[c]}/{tot[c]}" for c in COLS), ""]
+        whole = object_counts(so)
+        lines += ["", "Totals (innermost loops / kernel functions): "
+                  + ", ".join(f"{c}: {inn[c]}/{tot[c]}" for c in COLS)
+                  + f". ARMv8.1 LSE atomics anywhere in the object (Cython reference "
+                  f"counting; SIGILL on a Cortex-A72): {whole.get('LSE atomics (v8.1)', 0)}.",
+                  ""]
     return lines
 
 
@@ -161,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--native", nargs="*", type=Path, default=[],
                     help=".so files built by `pip install .` inside the arm64 root")
     ap.add_argument("--cross", nargs="*", type=Path, default=[],
-                    help=".so files built by aarch64-linux-gnu-gcc on the host")
+                    help=".so files cross-built for the Pi 5 (-march=armv8.2-a+dotprod)")
+    ap.add_argument("--cross-pi4", nargs="*", type=Path, default=[],
+                    help=".so files cross-built for the Pi 4 (-march=armv8-a)")
     ap.add_argument("--flags", default="?", help="cross compiler command line")
     ap.add_argument("--out", default="", help="Markdown report path ('' = stdout only)")
     args = ap.parse_args(argv)
     native = [p for p in args.native if p.exists()]
     cross = [p for p in args.cross if p.exists()]
+    cross4 = [p for p in args.cross_pi4 if p.exists()]
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# NEON / dotprod evidence for the arm64 kernels (generated)", "",
@@ -182,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += section("Built natively inside the emulated Debian bookworm arm64 root "
                      "(`pip install .`, Debian gcc 12, setup.py flags)", native)
-    lines += section("Cross-built on the host (aarch64-linux-gnu-gcc 12)", cross)
+    lines += section("Cross-built on the host for a Pi 5 (aarch64-linux-gnu-gcc 12, "
+                     "-march=armv8.2-a+dotprod)", cross)
+    lines += section("Cross-built on the host for a Pi 4 (aarch64-linux-gnu-gcc 12, "
+                     "-march=armv8-a)", cross4)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
