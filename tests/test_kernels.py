@@ -7,6 +7,11 @@ activation/residual combination.
 
 from __future__ import annotations
 
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -214,3 +219,36 @@ def test_beam_matches_reference(seed: int, width: int) -> None:
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
     np.testing.assert_array_equal(a[2], b[2])
     assert a[2].sum() == len(a[0])
+
+
+# ---- the C SIMD helpers, natively and for aarch64 under qemu-user -------------
+
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def _selftest(cc: str, flags: list[str], runner: list[str], tmp_path: Path) -> str:
+    exe = tmp_path / f"selftest_{Path(cc).name}"
+    cmd = [cc, "-O3", *flags, f"-I{KERNELS_DIR}", str(KERNELS_DIR / "selftest" / "ec_selftest.c"),
+           "-o", str(exe), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    res = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+@pytest.mark.parametrize("flags,path", [([], "scalar"), (["-mavx2", "-mfma"], "avx2+fma")])
+def test_c_helpers_native(flags: list[str], path: str, tmp_path: Path) -> None:
+    if shutil.which("cc") is None or platform.machine() != "x86_64":
+        pytest.skip("needs an x86-64 C compiler")
+    if path != "scalar" and path not in COMPILED.simd:
+        pytest.skip(f"this CPU has no {path}")
+    assert _selftest("cc", flags, [], tmp_path) == f"ok {path}"
+
+
+@pytest.mark.parametrize("march,path", [("armv8-a", "neon"),
+                                        ("armv8.2-a+dotprod", "neon+dotprod")])
+def test_c_helpers_aarch64_qemu(march: str, path: str, tmp_path: Path) -> None:
+    cc, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64-static")
+    if not cc or not qemu:
+        pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user-static")
+    assert _selftest(cc, [f"-march={march}", "-static"], [qemu], tmp_path) == f"ok {path}"
