@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -245,3 +246,18 @@ def test_memory_stays_flat_over_many_files(dirs: dict[str, Path], tiny_model: Pa
     print(f"\ndaemon RSS after {n // 3 + 1} files {warm:.1f} MiB, after {n} files {end:.1f} MiB")
     assert end - warm < 8.0, rss
     assert len(dk.fastq_ids(dirs["out"])) == 4 * n
+
+
+def test_configured_from_environment_only(dirs: dict[str, Path], tiny_model: Path) -> None:
+    """The systemd unit passes everything as EDGECALL_* (EnvironmentFile)."""
+    inputs = dk.make_inputs(dirs["watch"], {"env/a.pod5": 2}, seed=13)
+    env = {"EDGECALL_WATCH": str(dirs["watch"]), "EDGECALL_OUTPUT": str(dirs["out"]),
+           "EDGECALL_STATE": str(dirs["state"]), "EDGECALL_MODEL": str(tiny_model),
+           "EDGECALL_THREADS": "1", "EDGECALL_POLL_INTERVAL": "0.1", "EDGECALL_SETTLE": "0.2",
+           "EDGECALL_METRICS_ADDR": "off", "EDGECALL_FORMAT": "sam", "EDGECALL_ARGS": ""}
+    proc = dk.start([sys.executable, "-m", "edgecall", "serve", "--once"], dirs["log"], env=env)
+    assert proc.wait(60) == 0, dirs["log"].read_text()[-2000:]
+    sam = (dirs["out"] / "env" / "a.sam").read_text().splitlines()
+    names = {line.split("\t")[0] for line in sam if not line.startswith("@")}
+    assert names == inputs["env/a.pod5"]
+    assert dk.journal(dirs["state"])["env/a.pod5"]["state"] == "done"

@@ -34,7 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The serve options (shared with the standalone entry point)."""
+    """The serve options (shared with the standalone entry point).
+
+    Defaults from ``EDGECALL_*`` are strings that argparse converts with each
+    option's ``type`` at parse time, so a bad value is reported as a usage error
+    of ``serve`` and never breaks the other subcommands.
+    """
     p.add_argument("--watch", type=Path, default=_env("WATCH"),
                    help="folder MinKNOW writes pod5 files to (watched recursively)")
     p.add_argument("--output", type=Path, default=_env("OUTPUT"),
@@ -45,17 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model name or folder (default: chosen from the first file's chemistry)")
     p.add_argument("--engine", default=_env("ENGINE", "onnx"), help="onnx | native | tflite")
     p.add_argument("--variant", default=_env("VARIANT", "fp32"), help="fp32 | int8 | ...")
-    p.add_argument("--threads", type=int, default=int(_env("THREADS", "0") or 0),
+    p.add_argument("--threads", type=int, default=_env("THREADS", "0"),
                    help="engine threads (0 = all cores)")
-    p.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", "32") or 32))
+    p.add_argument("--batch-size", type=int, default=_env("BATCH_SIZE", "32"),
+                   help="chunks per engine call (default 32)")
     p.add_argument("--format", dest="fmt", choices=("fastq", "sam", "bam"),
                    default=_env("FORMAT", "fastq"), help="output format (default fastq)")
     p.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1:9464"),
                    help="loopback HOST:PORT for /metrics and /status; 'off' disables "
                         "(default 127.0.0.1:9464; port 0 = any free port)")
     p.add_argument("--poll-interval", type=float,
-                   default=float(_env("POLL_INTERVAL", "5") or 5), help="seconds between scans")
-    p.add_argument("--settle", type=float, default=float(_env("SETTLE", "30") or 30),
+                   default=_env("POLL_INTERVAL", "5"), help="seconds between scans")
+    p.add_argument("--settle", type=float, default=_env("SETTLE", "30"),
                    help="seconds a file's size must be stable before it is opened, and the "
                         "grace period before an unreadable file is quarantined (default 30)")
     p.add_argument("--quarantine", type=Path, default=_env("QUARANTINE"),
@@ -63,10 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quarantine-move", action="store_true",
                    default=_env("QUARANTINE_MOVE", "") in ("1", "yes", "true"),
                    help="move corrupt inputs into --quarantine instead of linking")
-    p.add_argument("--max-crashes", type=int, default=int(_env("MAX_CRASHES", "3") or 3),
+    p.add_argument("--max-crashes", type=int, default=_env("MAX_CRASHES", "3"),
                    help="quarantine a file in progress during this many crashes (default 3)")
     p.add_argument("--telemetry-interval", type=float,
-                   default=float(_env("TELEMETRY_INTERVAL", "60") or 60),
+                   default=_env("TELEMETRY_INTERVAL", "60"),
                    help="seconds between telemetry JSONL records under --state (default 60)")
     p.add_argument("--once", action="store_true",
                    help="exit 0 once every file present has been handled")

@@ -274,7 +274,8 @@ class Service:
             if entry is not None:
                 self._process(entry.path, entry.size, entry.mtime_ns)
                 continue
-            if self.config.once and self._waiting == 0 and self._scanned_once:
+            if (self.config.once and self._waiting == 0 and self._scanned_once
+                    and time.monotonic() >= self._backoff_until):
                 self.exit_reason = "--once: nothing left to do"
                 break
             self._idle()
