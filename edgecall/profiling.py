@@ -396,16 +396,17 @@ def _compatible(card: Any, reads: list[Read]) -> tuple[list[Read], int]:
     """The reads the model can call (others are counted, not profiled)."""
     from edgecall import models
 
-    ok = []
+    ok, first = [], ""
     for r in reads:
         try:
             models.check_compatible(card, r)
-        except EdgecallError:
+        except EdgecallError as exc:
+            first = first or str(exc)
             continue
         ok.append(r)
     if not ok:
         raise InputError(f"none of the {len(reads)} reads can be called with model "
-                         f"{card.name} ({card.pore}, {card.sample_rate} Hz)")
+                         f"{card.name}: {first}")
     return ok, len(reads) - len(ok)
 
 

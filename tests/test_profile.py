@@ -180,6 +180,8 @@ def test_cli_profile_errors(tiny_model: Path, tmp_path: Path) -> None:
     res = _run_cli("profile", str(tmp_path / "missing.pod5"), "--model", str(tiny_model))
     assert res.returncode != 0 and "missing.pod5" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    res = _run_cli("profile", "x.pod5", "--plot", "out.jpg")
+    assert res.returncode == 1 and "give a FILE.png" in res.stderr
     res = _run_cli("profile", "x.pod5", "--threads", "1,two")
     assert res.returncode == 2 and "comma-separated integers" in res.stderr
     res = _run_cli("profile", str(tmp_path), "--power-cmd", "/nonexistent/meter",
@@ -223,3 +225,14 @@ def test_bench_compare_runs(tiny_model: Path, coded_pod5: tuple[Path, dict[str, 
     assert "unknown engine" in rows["edgecall nosuch"]["error"]
     assert rows["edgecall pipeline (onnx, reads->bases)"]["samples_per_s"] > 0
     assert "x bare ort" in res.stdout
+
+
+def test_incompatible_model_is_a_clear_error(coded_pod5: tuple[Path, dict[str, str]],
+                                             tmp_path: Path) -> None:
+    import modelkit
+
+    r10 = modelkit.make_test_model(tmp_path / "r10", pore="r10.4.1", name="r10_model")
+    with pytest.raises(EdgecallError, match="none of the 8 reads can be called with model "
+                       "r10_model: .*r9.4.1.*r10.4.1"):
+        profiling.profile([coded_pod5[0]], model=r10, engines="onnx", duration=0.1,
+                          power=None)

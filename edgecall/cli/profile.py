@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.duration <= 0:
         raise EdgecallError("--duration must be positive")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise EdgecallError(f"--plot {args.plot}: the plot is a PNG; give a FILE.png")
     if args.plot:  # fail before minutes of measuring, not after
         try:
             import matplotlib  # noqa: F401
