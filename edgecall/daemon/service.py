@@ -165,6 +165,7 @@ class Service:
         self.http: MetricsServer | None = None
         self._lockfile: Any = None
         self._backoff_until = 0.0
+        self._backoff_seconds = 30.0
         self.exit_reason = ""
 
     # -- lifecycle -------------------------------------------------------------
@@ -423,8 +424,10 @@ class Service:
         assert self.journal is not None
         if exc.errno in _OUTPUT_ERRNOS:
             self.journal.abandon(rel, f"{out}: {exc.strerror or exc}")
-            self._backoff_until = time.monotonic() + max(30.0, self.config.poll_interval)
-            log.error("%s: cannot write %s: %s; retrying in 30 s", rel, out, exc.strerror or exc)
+            wait = self._backoff_seconds
+            self._backoff_until = time.monotonic() + wait
+            log.error("%s: cannot write %s: %s; retrying in %g s", rel, out,
+                      exc.strerror or exc, wait)
         else:
             self._quarantine(rel, f"{self.config.watch / rel}: I/O error: {exc.strerror or exc}")
 
