@@ -115,8 +115,9 @@ def machine_info(proc_root: Path = Path("/proc")) -> dict[str, Any]:
     -------
     dict
         ``cpu`` (model, board, arch, isa flags), ``cores`` (logical, physical,
-        usable), ``memory_bytes``, ``os``, ``kernel``, ``python`` and
-        ``libraries`` (name -> version or None).
+        usable), ``memory_bytes``, ``os``, ``kernel``, ``python``,
+        ``libraries`` (name -> version or None) and ``kernels`` (edgecall's
+        compiled-kernel backend).
     """
     import psutil
 
@@ -134,4 +135,15 @@ def machine_info(proc_root: Path = Path("/proc")) -> dict[str, Any]:
         "os": _os_name(), "kernel": platform.release(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "libraries": library_versions(),
+        "kernels": kernels_description(),
     }
+
+
+def kernels_description() -> str:
+    """edgecall's active kernel backend, e.g. ``compiled kernels (avx2+fma)``."""
+    try:
+        from edgecall.kernels_backend import backend_name
+
+        return backend_name()
+    except Exception as exc:  # noqa: BLE001 - a description must not fail the report
+        return f"unavailable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"

@@ -284,7 +284,7 @@ class PmicSource:
         try:
             src.read()
         except (TelemetryError, OSError) as exc:
-            log.debug("no PMIC: %s", exc)
+            log.info("vcgencmd found but no PMIC readings (not a Pi 5?): %s", exc)
             return None
         return src
 

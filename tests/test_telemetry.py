@@ -240,6 +240,7 @@ def test_machine_info_and_arm_cpuinfo(tmp_path: Path) -> None:
     info = tm.machine_info()
     assert info["cores"]["logical"] >= 1 and info["memory_bytes"] > 0
     assert info["libraries"]["numpy"] and info["python"].startswith(("CPython", "PyPy"))
+    assert isinstance(info["kernels"], str) and info["kernels"]
     json.dumps(info)
     cpuinfo = "".join(
         f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 "
