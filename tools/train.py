@@ -143,7 +143,7 @@ def losses(model: Student, x: torch.Tensor, labels: torch.Tensor, lens: torch.Te
     ctc = F.ctc_loss(logp.transpose(0, 1), labels, in_len, lens, blank=0,
                      reduction="mean", zero_infinity=True)
     if teacher is None or cfg.kd_alpha <= 0:
-        return ctc, float(ctc), 0.0
+        return ctc, float(ctc.detach()), 0.0
     tau = cfg.kd_tau
     tp = torch.exp(teacher.float())  # [N, Ft, C]
     if rmat is not None:
@@ -153,7 +153,7 @@ def losses(model: Student, x: torch.Tensor, labels: torch.Tensor, lens: torch.Te
     s_logp = F.log_softmax(logp / tau, dim=-1)
     kd = (tp * (tp.log() - s_logp)).sum(-1).mean() * tau * tau
     loss = (1 - cfg.kd_alpha) * ctc + cfg.kd_alpha * kd
-    return loss, float(ctc), float(kd)
+    return loss, float(ctc.detach()), float(kd.detach())
 
 
 def greedy(logp: np.ndarray) -> str:

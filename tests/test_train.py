@@ -1,0 +1,139 @@
+"""Student training: loss goes down on a tiny synthetic task, resume, schedule, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tools.arch import ArchConfig, Student, set_skip_scale  # noqa: E402
+from tools.train import (  # noqa: E402
+    TrainConfig,
+    lr_at,
+    progress,
+    resample_matrix,
+    skip_scale_at,
+    train,
+)
+
+pytestmark = pytest.mark.tools
+
+LEVELS = {1: -1.2, 2: -0.4, 3: 0.4, 4: 1.2}
+
+
+def _synthetic(folder: Path, n: int = 96, t: int = 480, seed: int = 0) -> Path:
+    """Chunks whose signal is a noisy square wave of base levels (6 samples per base)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = t // 6
+    labels = rng.integers(1, 5, (n, nb)).astype(np.uint8)
+    for row in labels:  # no immediate repeats: each base is visibly a new level
+        for j in range(1, nb):
+            while row[j] == row[j - 1]:
+                row[j] = rng.integers(1, 5)
+    sig = np.repeat(np.vectorize(LEVELS.get)(labels), 6, axis=1).astype(np.float32)
+    sig += rng.normal(0, 0.1, sig.shape).astype(np.float32)
+    teacher = np.full((n, t // 3, 5), np.log(0.25), np.float16)
+    for name in ("train", "val"):
+        np.savez(folder / f"{name}.npz", signal=sig, labels=labels,
+                 label_len=np.full(n, nb, np.int32),
+                 read_id=np.array([f"r{i // 8}" for i in range(n)]), teacher=teacher)
+    ref = "".join("NACGT"[b] for b in labels.ravel()[:3000])
+    (folder / "ref.fa").write_text(f">r\n{ref}\n")
+    np.savez(folder / "val_reads.npz", read_id=np.array(["a"]), offsets=np.array([0, t * 4]),
+             signal=sig[:4].ravel(), reference=np.array(str(folder / "ref.fa")))
+    return folder
+
+
+def _cfg(folder: Path, **kw) -> TrainConfig:
+    arch = ArchConfig(channels=16, depth=2, kernel=5, stem_kernel=5, stride=3).to_dict()
+    base = dict(run="t", train=str(folder / "train.npz"), val=str(folder / "val.npz"),
+                val_reads=str(folder / "val_reads.npz"), out=str(folder / "run"), arch=arch,
+                batch_size=16, lr=1e-2, max_steps=60, kd_alpha=0.0, ckpt_minutes=1e9,
+                commit=False, threads=1, noise=0.0, gain=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_training_run_reduces_ctc(tmp_path: Path) -> None:
+    folder = _synthetic(tmp_path / "d")
+    out = train(_cfg(folder))
+    rows = (out / "log.csv").read_text().strip().split("\n")
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(","), strict=True))
+    assert int(last["step"]) == 60
+    first_loss = float(np.log(5) * 2)  # untrained: about uniform over 5 classes
+    assert float(last["train_ctc"]) < first_loss * 0.8
+    assert float(last["val_loss"]) < first_loss * 0.8
+    st = torch.load(out / "last.pt", weights_only=False)
+    assert st["step"] == 60 and "optimizer" in st and "rng" in st
+
+
+def test_resume_continues_the_same_run(tmp_path: Path) -> None:
+    folder = _synthetic(tmp_path / "d", n=32)
+    cfg = _cfg(folder, max_steps=4)
+    train(cfg)
+    cfg2 = _cfg(folder, max_steps=6)
+    train(cfg2, resume=Path(cfg.out) / "last.pt")
+    st = torch.load(Path(cfg.out) / "last.pt", weights_only=False)
+    assert st["step"] == 6
+
+
+def test_schedules() -> None:
+    cfg = TrainConfig(run="x", train="", val="", val_reads="", out="", arch={"skips": True},
+                      max_steps=100, lr=1.0, warmup=0.1, skipclip_start=0.5, skipclip_end=0.7)
+    assert progress(cfg, 50, 0.0) == 0.5
+    assert lr_at(cfg, 0.05) == pytest.approx(0.5)
+    assert lr_at(cfg, 0.1) == pytest.approx(1.0)
+    assert lr_at(cfg, 1.0) == pytest.approx(0.01)
+    assert skip_scale_at(cfg, 0.4) == 1.0 and skip_scale_at(cfg, 0.6) == pytest.approx(0.5)
+    assert skip_scale_at(cfg, 0.8) == 0.0
+    timed = TrainConfig(**{**cfg.__dict__, "hours": 1.0})
+    assert progress(timed, 1, 1800.0) == 0.5
+
+
+def test_resample_matrix_preserves_probability() -> None:
+    r = resample_matrix(600, 3, 450, 4)
+    np.testing.assert_allclose(r.sum(1).numpy(), 1.0, atol=1e-6)
+    # student frame 0 covers samples 0..3: teacher frame 0 (3 samples) + 1/4 of frame 1
+    assert r[0, 0] == pytest.approx(0.75) and r[0, 1] == pytest.approx(0.25)
+
+
+def test_skip_scale_zero_equals_skip_free_network() -> None:
+    torch.manual_seed(0)
+    with_skips = Student(ArchConfig(channels=8, depth=2, kernel=5, stride=3, skips=True))
+    plain = Student(ArchConfig(channels=8, depth=2, kernel=5, stride=3, skips=False))
+    plain.load_state_dict(with_skips.state_dict())
+    x = torch.randn(1, 1, 300)
+    with_skips.eval()
+    plain.eval()
+    assert not torch.allclose(with_skips(x), plain(x))
+    set_skip_scale(with_skips, 0.0)
+    assert torch.allclose(with_skips(x), plain(x))
+
+
+def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from tools.export import Folded, export_onnx
+
+    torch.manual_seed(0)
+    model = Student(ArchConfig(channels=8, depth=2, kernel=5, stride=4, skips=False))
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    path = export_onnx(model, tmp_path / "model.onnx", chunk=400)
+    x = np.random.default_rng(0).standard_normal((3, 1, 800)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["logprobs"], {"signal": x})[0]
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == (3, 200, 5)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert "BatchNormalization" not in ops and "Add" not in ops
+    assert len(list(Folded(model).modules())) > 1
