@@ -183,6 +183,33 @@ def gemm_table(threads: int, m: int, k: int, cout: int) -> list[str]:
     return lines
 
 
+def blas_variant(engine):  # type: ignore[no-untyped-def]
+    """``engine`` with its fp32 pointwise convs routed through BLAS sgemm (+ epilogue pass)."""
+    import types
+
+    from edgecall import kernels_backend as kb
+    from edgecall import kernels_ref
+    from edgecall._kernels import conv
+
+    ptr = kb.blas_sgemm_pointer()
+    for step in engine.program.steps:
+        if getattr(step, "mode", "") == "pointwise" and not step.quant:
+            cout = engine.program.channels[step.out]
+            w = kernels_ref.unpack_pointwise(step.w, step.w.shape[1], cout)
+            b = np.ascontiguousarray(step.bias[:cout])
+
+            def run(self, v, kern, threads, w=w, b=b):  # type: ignore[no-untyped-def]
+                x, out = v[self.ins[0]], v[self.out]
+                m = x.shape[0] * x.shape[1]
+                res = v[self.ins[1]].reshape(m, -1) if self.has_res else None
+                conv.pointwise_conv_blas(x.reshape(m, -1), w, b, res,
+                                         out.reshape(m, out.shape[2]), self.act, self.lo,
+                                         self.hi, ptr)
+
+            step.run = types.MethodType(run, step)
+    return engine
+
+
 def main(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
@@ -213,6 +240,11 @@ def main(args: argparse.Namespace) -> int:
     engines = {"onnxruntime FP32": ort_run(fp32), "onnxruntime INT8": ort_run(int8),
                "native FP32": NativeEngine(fp32, threads=args.threads).run,
                "native INT8": NativeEngine(int8, threads=args.threads).run}
+    try:
+        engines["native FP32, BLAS pointwise"] = blas_variant(
+            NativeEngine(fp32, threads=args.threads)).run
+    except ImportError:
+        pass  # scipy not installed
     samples = chunks.size
     print(f"# native engine benchmark\n{what}; {macs / 1e3:.1f} kMAC/sample; "
           f"{len(chunks)} real E. coli chunks x {args.chunk} samples, batch {args.batch}, "
