@@ -47,13 +47,34 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _aarch64_hwcap() -> int | None:
+    """AT_HWCAP of the build machine from /proc/self/auxv (ASIMDDP = bit 20, ATOMICS =
+    bit 8); None when unreadable. Also right under qemu-user, unlike /proc/cpuinfo."""
+    import struct
+
+    try:
+        data = Path("/proc/self/auxv").read_bytes()
+    except OSError:
+        return None
+    for i in range(0, len(data) - 15, 16):
+        key, val = struct.unpack_from("<QQ", data, i)
+        if key == 16:  # AT_HWCAP
+            return val
+    return None
+
+
 def arch_flags() -> list[str]:
     """Per-architecture optimisation flags (override with EDGECALL_ARCH_FLAGS)."""
     if "EDGECALL_ARCH_FLAGS" in os.environ:
         return os.environ["EDGECALL_ARCH_FLAGS"].split()
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
-        for flags in (["-march=armv8.2-a+dotprod"], ["-march=armv8-a"]):
+        # Only target armv8.2-a+dotprod on a CPU that has it (Pi 5 / Cortex-A76): that
+        # -march also enables ARMv8.1 LSE atomics, which a Pi 4's Cortex-A72 (ARMv8.0)
+        # faults on (SIGILL), e.g. in Cython's memoryview reference counting.
+        hwcap = _aarch64_hwcap()
+        want_dot = hwcap is None or (bool(hwcap & (1 << 20)) and bool(hwcap & (1 << 8)))
+        for flags in ([["-march=armv8.2-a+dotprod"]] if want_dot else []) + [["-march=armv8-a"]]:
             if _compiler_accepts(flags):
                 return flags
         return []

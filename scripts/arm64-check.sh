@@ -18,7 +18,7 @@
 #
 # Usage: scripts/arm64-check.sh [--model DIR] [--reads POD5|DIR] [--max-reads N]
 #            [--engines "onnx native tflite onnx:int8 native:int8"] [--tree head|worktree] [--rebuild]
-#            [--skip-basecall] [--no-report]
+#            [--skip-basecall] [--no-report] [--reuse-venv]
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +28,7 @@ source "$REPO/scripts/arm64-rootfs.sh"
 CACHE="${EDGECALL_ARM64_CACHE:-$(dirname "$ARM64_ROOT")}"
 SHARED="${EDGECALL_SHARED_DATA:-$(dirname "$REPO")/shared/data}"
 MODEL=""; READS=""; MAX_READS=3; ENGINES="onnx native tflite onnx:int8 native:int8"; TREE=head
-REBUILD=""; SKIP_BASECALL=""; WRITE_REPORT=1
+REBUILD=""; SKIP_BASECALL=""; WRITE_REPORT=1; REUSE_VENV=""
 HOST_PY="${EDGECALL_HOST_PYTHON:-python3}"
 
 while [ $# -gt 0 ]; do
@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
         --rebuild) REBUILD=--rebuild; shift ;;
         --skip-basecall) SKIP_BASECALL=1; shift ;;
         --no-report) WRITE_REPORT=""; shift ;;
+        --reuse-venv) REUSE_VENV=1; shift ;;   # development: keep the installed venv
         -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "arm64-check: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -140,6 +141,33 @@ run_kernel_tests() {
     return $rc
 }
 
+# flags_probe: which -march setup.py picks on an emulated Pi 5 and Pi 4 CPU.
+flags_probe() {
+    local cpu out ok=0
+    for cpu in cortex-a76 cortex-a72; do
+        out=$(QEMU_CPU="$cpu" in_root /bin/sh -c "cd $GUEST_SRC && \
+            $GUEST_VENV/bin/python scripts/arm64_flags_probe.py setup.py" 2>&1 | tail -2)
+        echo "$cpu: $(echo "$out" | tr '\n' ' ')"
+        case "$cpu:$out" in
+            cortex-a76:*armv8.2-a+dotprod*) ;;
+            cortex-a72:*"-march=armv8-a"*) ;;
+            *) ok=1 ;;
+        esac
+    done
+    return $ok
+}
+
+# expect_sigill: a Pi 5 (+dotprod, LSE) build must not be silently usable on a Pi 4 CPU.
+expect_sigill() {
+    local rc=0
+    cross_run pi5 cortex-a72 || rc=$?
+    if [ $rc -ne 0 ] && grep -qiE 'illegal instruction|SIGILL' "$RUN_DIR/kernel-tests-cross-pi5.txt"; then
+        echo "as expected: the Pi 5 build faults on a Cortex-A72 (Illegal instruction)"; return 0
+    fi
+    if [ $rc -eq 0 ]; then echo "note: the Pi 5 build ran on a Cortex-A72 model"; return 0; fi
+    echo "unexpected failure (not SIGILL)"; return 1
+}
+
 cross_build() {
     # Host-side cross compile with Debian's aarch64 gcc (issue 4's ARM check).
     "$HOST_PY" "$REPO/scripts/arm64_cross.py" --src "$RUN_DIR/x86-src" \
@@ -182,15 +210,20 @@ main() {
 
     build_rootfs $REBUILD
     run_step "copy clean project tree ($TREE) into root" copy_tree
-    run_step "venv (python3 -m venv)" make_venv
-    run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
+    if [ -n "$REUSE_VENV" ] && [ -x "$ARM64_ROOT$GUEST_VENV/bin/edgecall" ]; then
+        echo "reusing the installed venv $GUEST_VENV (--reuse-venv)" | tee -a "$STEP_LOG"
+    else
+        run_step "venv (python3 -m venv)" make_venv
+        run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
+    fi
     run_step "optional wheels + imports" probe_wheels
     run_step "kernel tests, pip-built kernels, QEMU_CPU=max" run_kernel_tests max "" native-max
     run_step "kernel tests, pip-built kernels, cortex-a76 (Pi 5)" run_kernel_tests cortex-a76 "" native-a76
-    run_step "kernel tests, pip-built kernels, cortex-a72 (Pi 4)" run_kernel_tests cortex-a72 "" native-a72
     run_step "cross-compile kernels (aarch64-linux-gnu-gcc, pi5+pi4)" cross_build
     run_step "cross-built pi5 kernels under qemu cortex-a76" cross_run pi5 cortex-a76
     run_step "cross-built pi4 kernels under qemu cortex-a72" cross_run pi4 cortex-a72
+    run_step "setup.py -march choice on cortex-a76 / cortex-a72" flags_probe
+    run_step "Pi 5 build on a Pi 4 CPU model (expect SIGILL)" expect_sigill
     run_step "NEON/sdot disassembly report" neon_report
     if [ -z "$SKIP_BASECALL" ]; then
         run_step "basecall arm64 vs x86 + compare" basecall_compare

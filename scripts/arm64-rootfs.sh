@@ -17,6 +17,10 @@ ARM64_SUITE=bookworm
 # Debian packages a Pi user has on Raspberry Pi OS (bookworm) + what `pip install .` needs.
 ARM64_PACKAGES="python3,python3-venv,python3-dev,python3-pip,gcc,libc6-dev,libgomp1,ca-certificates,binutils"
 export QEMU_CPU="${QEMU_CPU:-max}"   # max exposes NEON + dotprod (+ more) to the guest
+# proot 5.1 (bookworm) does not translate faccessat2/statx, which qemu's glibc uses; the
+# wrapper (scripts/arm64-qemu-wrap.c, built here with the host cc) makes them ENOSYS.
+QEMU_WRAP="${EDGECALL_QEMU_WRAP:-$(dirname "$ARM64_ROOT")/tools/qemu-aarch64-wrap}"
+_SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NICE="nice -n 10"
 
 _now() { date +%s.%N; }
@@ -37,13 +41,26 @@ step() {
 
 need_host_tools() {
     local missing=()
-    for t in debootstrap proot qemu-aarch64-static aarch64-linux-gnu-objdump; do
+    for t in debootstrap proot qemu-aarch64-static aarch64-linux-gnu-objdump cc; do
         command -v "$t" >/dev/null || missing+=("$t")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "arm64-check: missing host tools: ${missing[*]} (apt-get install debootstrap" \
              "proot qemu-user-static binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu)" >&2
         return 1
+    fi
+}
+
+build_wrap() {
+    # Rebuilt when missing or older than its source; qemu must also exist inside the root
+    # because proot resolves the wrapper's execve of it as a guest path.
+    if [ ! -x "$QEMU_WRAP" ] || [ "$_SRC_DIR/arm64-qemu-wrap.c" -nt "$QEMU_WRAP" ]; then
+        mkdir -p "$(dirname "$QEMU_WRAP")"
+        cc -O2 -o "$QEMU_WRAP" "$_SRC_DIR/arm64-qemu-wrap.c"
+    fi
+    if [ -d "$ARM64_ROOT/usr/bin" ] && ! cmp -s /usr/bin/qemu-aarch64-static \
+            "$ARM64_ROOT/usr/bin/qemu-aarch64-static"; then
+        cp /usr/bin/qemu-aarch64-static "$ARM64_ROOT/usr/bin/qemu-aarch64-static"
     fi
 }
 
@@ -60,7 +77,8 @@ in_root() {
     env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         $(env | grep -E '^PIP_' | grep -v '^PIP_FIND_LINKS=' || true) \
-        $NICE proot -0 -r "$ARM64_ROOT" -q qemu-aarch64-static "${binds[@]}" -w /root "$@"
+        EDGECALL_QEMU=/usr/bin/qemu-aarch64-static \
+        $NICE proot -0 -r "$ARM64_ROOT" -q "$QEMU_WRAP" "${binds[@]}" -w /root "$@"
 }
 
 rootfs_ok() { [ -f "$ARM64_ROOT/.edgecall-rootfs-ok" ]; }
@@ -76,6 +94,7 @@ second_stage() {
     # because /dev /proc /sys are bound from the host.
     # In a container debootstrap symlinks /proc to the host's; proot needs a directory.
     if [ -L "$ARM64_ROOT/proc" ]; then rm -f "$ARM64_ROOT/proc"; mkdir "$ARM64_ROOT/proc"; fi
+    build_wrap
     # `[ -x ]` is unreliable under proot+qemu, so name the debootstrap dir explicitly.
     in_root /bin/sh -c 'DEBOOTSTRAP_DIR=/debootstrap exec /bin/sh /debootstrap/debootstrap --second-stage'
 }
@@ -94,12 +113,16 @@ host_settings() {
 
 smoke() {
     in_root /bin/sh -c 'uname -m; python3 --version; gcc --version | head -1;
+        echo "int main(void){return 0;}" > /tmp/t.c;
+        gcc -c /tmp/t.c -o /tmp/t.o || exit 1; echo "gcc compiles (cc1 found)";
+        [ -x /usr/bin/gcc ] || exit 1; echo "[ -x ] works";
         grep -m1 -o "asimddp" /proc/cpuinfo || echo "(no asimddp in emulated /proc/cpuinfo)"'
 }
 
 build_rootfs() {
     need_host_tools
     if [ "${1:-}" = "--rebuild" ]; then rm -rf "$ARM64_ROOT"; fi
+    build_wrap
     if rootfs_ok; then
         echo "arm64 root: reusing cached $ARM64_ROOT" >&2
         printf '%-48s %8s    %s\n' "rootfs: cached (see build below)" "0.0 s" "ok" >> "$STEP_LOG"
