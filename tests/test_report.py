@@ -1,0 +1,114 @@
+"""tools.report: table round trip, Pareto front, default choice, and a real measuring run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+mappy = pytest.importorskip("mappy")
+
+import modelkit  # noqa: E402
+
+from tools import report as R  # noqa: E402
+
+
+def _row(name: str, precision: str, ident: float, onnx_sps: float, fmt: str = "onnx",
+         size: float = 100.0) -> R.Row:
+    return R.Row(name, "t", precision, fmt, f"/x/{name}.{fmt}", size, size / 2, 1000, 900, 5000.0,
+                 identity={"ecoli": ident}, agreement=0.99, speed={"onnx": onnx_sps})
+
+
+def test_markdown_table_parses_back() -> None:
+    rows = [_row("fp32", "fp32", 0.9012, 1e5), _row("ptq_minmax", "int8", 0.8951, 2e5)]
+    rows[1].notes.append("native: refuses QLinearConv")
+    text = R.markdown(rows, title="T", meta={"parent": "p.pt"})
+    table = R.parse_markdown(text)
+    assert [r["variant"] for r in table] == ["fp32", "ptq_minmax"]
+    assert table[0]["identity ecoli"] == "0.9012"
+    assert table[1]["onnx samples/s"] == "200,000"
+    assert table[1]["tflite samples/s"] == "-"
+    assert "native: refuses QLinearConv" in text
+    with pytest.raises(ValueError):
+        R.parse_markdown("no table here")
+
+
+def test_pareto_front() -> None:
+    pts = [(1.0, 0.90), (2.0, 0.89), (1.5, 0.85), (3.0, 0.80), (0.5, 0.95)]
+    assert R.pareto_front(pts) == [0, 1, 3, 4]
+
+
+def test_choose_default_fastest_int8_within_one_point() -> None:
+    rows = [_row("fp32", "fp32", 0.900, 1e5), _row("a", "int8", 0.895, 2e5),
+            _row("b", "int8", 0.880, 5e5), _row("c", "mixed", 0.899, 3e5),
+            _row("d", "int8", 0.899, 9e5, fmt="tflite")]
+    assert R.choose_default(rows, "ecoli").variant == "c"
+    rows = [_row("fp32", "fp32", 0.900, 1e5), _row("b", "int8", 0.85, 5e5)]
+    assert R.choose_default(rows, "ecoli") is None
+    assert R.choose_default(rows[1:], "ecoli") is None  # no parent row
+
+
+def test_bench_counts_samples() -> None:
+    class Sleepy:
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            import time
+            time.sleep(0.01)
+            return batch
+
+    sps = R.bench(Sleepy(), np.zeros((4, 1, 1000), np.float32), 0.1)
+    assert 50_000 < sps < 400_000  # 4000 samples per ~10 ms call
+
+
+@pytest.mark.slow
+def test_measure_writes_report(tmp_path: Path, tiny_model: Path) -> None:
+    from edgecall.models import load_card
+    from tools.quantize import conv_nodes, ptq
+    from tools.report import EvalSet, ModelFile
+
+    pod5 = tmp_path / "coded.pod5"
+    seqs = modelkit.make_coded_pod5(pod5, 4, seed=3, min_len=400, max_len=600)
+    ref = tmp_path / "ref.fa"
+    ref.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    from edgecall.io.reader import iter_reads
+    from edgecall.types import Read
+
+    reads = [r for r in iter_reads([pod5]) if isinstance(r, Read)]
+    card = load_card(tiny_model)
+    chunks = np.stack([np.asarray(r.signal_pa(), np.float32)[:400] for r in reads])
+    # the level model's Concat(mean, mean^2) cannot share one int8 scale: quantise the
+    # averaging conv only (its nodes are unnamed: name them first)
+    import onnx
+
+    graph = onnx.load(str(card.onnx_path))
+    for i, node in enumerate(graph.graph.node):
+        node.name = f"{node.op_type}_{i}"
+    named = tmp_path / "named.onnx"
+    onnx.save(graph, str(named))
+    q = ptq(named, tmp_path / "level.int8.onnx", chunks, only=conv_nodes(named)[:1])
+    files = [ModelFile("fp32", "parent", "fp32", card.onnx_path, 16, 16, 4.0),
+             ModelFile("ptq", "PTQ", "int8", q, 16, 16, 4.0)]
+    ev = EvalSet("coded", reads, mappy.Aligner(str(ref), preset="map-ont"))
+    rows = R.measure(files, card, [ev], chunks[:, :400], threads=1, seconds=0.05, rounds=1,
+                     batch_size=4)
+    assert rows[0].identity["coded"] > 0.95
+    assert rows[0].agreement == 1.0 and rows[1].agreement > 0.9
+    assert rows[0].speed["onnx"] > 0 and rows[1].speed["onnx"] > 0
+    assert rows[1].size_kb > 0 and not math.isnan(rows[1].gzip_kb)
+    paths = R.write_outputs(rows, tmp_path / "out", title="t", meta={}, eval_set="coded")
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    table = R.parse_markdown(paths["markdown"].read_text())
+    assert [r["variant"] for r in table] == ["fp32", "ptq"]
+
+
+def test_eval_spec_errors(tmp_path: Path) -> None:
+    from edgecall.errors import InputError
+
+    with pytest.raises(InputError, match="NAME=POD5"):
+        R.load_eval("nonsense", ids=None, max_reads=1)
+    with pytest.raises(InputError, match="reference FASTA is needed"):
+        R.load_eval("x=a.pod5", ids=None, max_reads=1)
+    with pytest.raises(InputError, match="no such reference"):
+        R.load_eval(f"x=a.pod5:{tmp_path / 'none.fa'}", ids=None, max_reads=1)
