@@ -112,12 +112,22 @@ def test_daemon_notifications_ready_before_watchdog(listener: Listener, tmp_path
     assert all("READY=1" not in m for m in got[1:])
 
 
-class _StuckCaller:
-    """Stand-in basecaller whose engine hangs for ``hang`` s on the first read."""
+class _Stats:
+    chunks = 0
 
-    def __init__(self, hang: float) -> None:
+
+class _StuckCaller:
+    """Stand-in basecaller that spends ``hang`` s on its first read.
+
+    With ``progress`` its engine keeps counting chunks meanwhile (a very long
+    read); without, it is hung.
+    """
+
+    def __init__(self, hang: float, progress: bool = False) -> None:
         self.hang = hang
+        self.progress = progress
         self.hung = threading.Event()
+        self.stats = _Stats()
 
     def call(self, reads: Iterable[Read | Failed]) -> Iterator[CalledRead | Failed]:
         for item in reads:
@@ -126,19 +136,22 @@ class _StuckCaller:
                 continue
             if not self.hung.is_set():
                 self.hung.set()
-                time.sleep(self.hang)
+                end = time.monotonic() + self.hang
+                while time.monotonic() < end:
+                    time.sleep(0.02)
+                    self.stats.chunks += self.progress
             yield CalledRead(read_id=item.read_id, sequence="ACGT", quality="IIII",
                              moves=__import__("numpy").zeros(4, "uint8"), stride=4,
                              num_samples=item.num_samples, trimmed_samples=0,
                              mean_qscore=40.0, sample_rate=item.sample_rate)
 
 
-def test_watchdog_pings_stop_while_the_engine_hangs(tmp_path: Path) -> None:
+def _pings_around_a_slow_read(tmp_path: Path, caller: _StuckCaller) -> list[float]:
+    """Run the service over one file with ``caller``; return the WATCHDOG=1 times."""
     sock_path = str(tmp_path / "wd.sock")
     lst = Listener(sock_path)
     watch = tmp_path / "watch"
     dk.make_inputs(watch, {"a.pod5": 3}, seed=12)
-    caller = _StuckCaller(hang=1.5)
     cfg = ServeConfig(watch=watch, output=tmp_path / "out", state=tmp_path / "state",
                       model="stub", metrics_addr="off", poll_interval=0.05, settle=0.1)
     svc = Service(cfg, loader=lambda c, p: (caller, "stub"),
@@ -153,12 +166,24 @@ def test_watchdog_pings_stop_while_the_engine_hangs(tmp_path: Path) -> None:
         svc.request_stop("test over")
         runner.join(10)
     msgs = lst.close()
-    pings = [t for t, m in msgs if m == "WATCHDOG=1"]
+    assert caller.hung.is_set() and not runner.is_alive()
+    assert dk.states(cfg.state)["done"] == 1
+    return [t for t, m in msgs if m == "WATCHDOG=1"]
+
+
+def test_watchdog_pings_stop_while_the_engine_hangs(tmp_path: Path) -> None:
+    pings = _pings_around_a_slow_read(tmp_path, _StuckCaller(hang=1.5))
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert caller.hung.is_set() and len(pings) >= 6 and not runner.is_alive()
+    assert len(pings) >= 6
     assert max(gaps) >= 1.2, gaps  # silent while stuck: systemd would restart us
     assert sorted(gaps)[len(gaps) // 2] < 0.3  # ~every 0.1 s otherwise
-    assert dk.states(cfg.state)["done"] == 1
+
+
+def test_watchdog_pings_continue_while_the_engine_progresses(tmp_path: Path) -> None:
+    """A very long read: no read comes out for a while, but chunks keep being run."""
+    pings = _pings_around_a_slow_read(tmp_path, _StuckCaller(hang=1.5, progress=True))
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    assert len(pings) >= 10 and max(gaps) < 0.5, gaps
 
 
 needs_analyze = pytest.mark.skipif(dk.which("systemd-analyze") is None,

@@ -37,7 +37,7 @@ from edgecall import __version__
 from edgecall.daemon import files
 from edgecall.daemon.http import MetricsServer, ProcessProbe, parse_addr
 from edgecall.daemon.journal import Journal, journal_path
-from edgecall.daemon.systemd import Notifier
+from edgecall.daemon.systemd import Heartbeat, Notifier
 from edgecall.daemon.watcher import SETTLED, Signature, Watcher
 from edgecall.errors import EdgecallError
 from edgecall.types import CalledRead, Failed, Read
@@ -166,6 +166,7 @@ class Service:
         self._lockfile: Any = None
         self._backoff_until = 0.0
         self._backoff_seconds = 30.0
+        self._heartbeat = Heartbeat(self.notifier, self._engine_progress)
         self.exit_reason = ""
 
     # -- lifecycle -------------------------------------------------------------
@@ -216,6 +217,7 @@ class Service:
         self._publish(state="idle", ready=True)
         self.notifier.ready(self._status_line())
         self.notifier.watchdog()
+        self._heartbeat.start()
         self._telemetry("start")
         log.info("watching %s -> %s (model %s, engine %s)", cfg.watch, cfg.output,
                  self._model_name, cfg.engine)
@@ -240,6 +242,11 @@ class Service:
         log.info("model %s loaded in %.1f s", self._model_name, time.monotonic() - t0)
         self._publish(model=self._model_name)
 
+    def _engine_progress(self) -> int:
+        """Chunks run by the engine so far (0 if the caller does not count them)."""
+        stats = getattr(self._caller, "stats", None)
+        return int(getattr(stats, "chunks", 0) or 0)
+
     def _quarantine_crashers(self) -> None:
         """Quarantine files that were in progress during too many crashes."""
         assert self.journal is not None
@@ -252,6 +259,7 @@ class Service:
     def _shutdown(self) -> None:
         """Tell systemd, stop serving, close the journal and the lock."""
         self._publish(state="stopping")
+        self._heartbeat.stop()
         self.notifier.stopping(f"stopping: {self.exit_reason or 'done'}")
         if self.journal is not None:
             self._telemetry("stop")

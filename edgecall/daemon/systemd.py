@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._warned = False
         self._last_ping = 0.0
+        self._lock = threading.Lock()  # the heartbeat thread pings too
 
     @property
     def enabled(self) -> bool:
@@ -84,15 +86,18 @@ class Notifier:
         if self.address is None or not assignments:
             return False
         payload = "\n".join(assignments).encode("utf-8", "replace")
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self.address)
-        except OSError as exc:
-            if not self._warned:
-                log.warning("sd_notify to %r failed: %s", self.address.replace("\0", "@"), exc)
-                self._warned = True
-            return False
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX,
+                                               socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.sendto(payload, self.address)
+            except OSError as exc:
+                if not self._warned:
+                    log.warning("sd_notify to %r failed: %s",
+                                self.address.replace("\0", "@"), exc)
+                    self._warned = True
+                return False
         return True
 
     def ready(self, status: str = "") -> bool:
@@ -127,9 +132,49 @@ class Notifier:
 
     def close(self) -> None:
         """Close the socket."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+class Heartbeat:
+    """Pings the watchdog from a thread while the engine makes progress inside one read.
+
+    The main loop pings between reads; a single very long read can keep it away
+    longer than ``WatchdogSec``. This thread pings only when the engine's chunk
+    counter moved since its last look, so a hung engine (or a main loop stuck
+    long enough for the bounded queues to fill) still stops the pings.
+    """
+
+    def __init__(self, notifier: Notifier, progress: Callable[[], int]) -> None:
+        self._notifier = notifier
+        self._progress = progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgecall-heartbeat",
+                                        daemon=True)
+
+    def start(self) -> Heartbeat:
+        """Start the thread (only meaningful when a watchdog is configured)."""
+        if self._notifier.watchdog_timeout:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        """Every quarter watchdog period: ping if the progress counter moved."""
+        timeout = self._notifier.watchdog_timeout or 1.0
+        last = self._progress()
+        while not self._stop.wait(timeout / 4):
+            now = self._progress()
+            if now != last:
+                last = now
+                self._notifier.keepalive()
 
 
 def _status(text: str) -> str:

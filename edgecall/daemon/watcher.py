@@ -174,8 +174,8 @@ class Watcher:
         for rel in list(self._seen):
             if rel not in present:
                 del self._seen[rel]
-        for item in (*result.ready, *result.corrupt):
-            self._seen.pop(item.rel, None)
+        for rel in [c.rel for c in result.ready] + [c.rel for c in result.corrupt]:
+            self._seen.pop(rel, None)
         return ScanResult(result.ready, result.corrupt, waiting)
 
     def _classify(self, rel: str, path: Path, seen: _Seen,
