@@ -158,7 +158,7 @@ def ptq(model: str | Path, out: str | Path, chunks: np.ndarray, *, method: str =
              "entropy": CalibrationMethod.Entropy}[method]
     act = QuantType.QInt8 if activation == "int8" else QuantType.QUInt8
     named = {n.name for n in onnx.load(str(src)).graph.node if n.name}
-    unknown = sorted(set(exclude or []) | set(only or []) - named)
+    unknown = sorted((set(exclude or []) | set(only or [])) - named)
     if unknown:
         raise ValueError(f"{src}: no node named {', '.join(map(repr, unknown))}")
     extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True,
