@@ -172,6 +172,7 @@ def test_metrics_and_status_on_localhost(dirs: dict[str, Path], tiny_model: Path
         assert m["edgecall_samples_total"] > m["edgecall_bases_total"]
         assert m["edgecall_process_resident_memory_bytes"] > 10e6
         assert "edgecall_process_cpu_percent" in m and m["edgecall_ready"] == 1
+        assert m["edgecall_engine_chunks_total"] >= 5 and m["edgecall_batch_seconds_max"] > 0
         assert any(k.startswith("edgecall_info{") and 'model="test_level_model"' in k for k in m)
         st = dk.status_json(url)
         assert st["model"] == "test_level_model" and st["session"]["reads"] == 5

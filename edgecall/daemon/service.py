@@ -489,8 +489,26 @@ class Service:
             "session": session,
             "journal": pub.get("journal_totals") or {},
             "rate": {"samples_per_s": round(sps, 1), "bases_per_s": round(bps, 1)},
+            "engine_stats": self._engine_stats(),
             "process": self._probe.snapshot(),
         }
+
+    def _engine_stats(self) -> dict[str, Any]:
+        """Chunks, engine seconds and recent batch latencies from the basecaller's stats."""
+        stats = getattr(self._caller, "stats", None)
+        if stats is None:
+            return {}
+        lat: list[float] = []
+        for _ in range(3):  # the engine thread appends concurrently
+            try:
+                lat = sorted(getattr(stats, "batch_latencies", ()))
+                break
+            except RuntimeError:
+                continue
+        return {"chunks": int(getattr(stats, "chunks", 0)),
+                "engine_seconds": round(float(getattr(stats, "engine_seconds", 0.0)), 3),
+                "batch_seconds_p50": round(lat[len(lat) // 2], 4) if lat else None,
+                "batch_seconds_max": round(lat[-1], 4) if lat else None}
 
     def _status_line(self) -> str:
         """One line for systemd's STATUS=."""
