@@ -117,7 +117,12 @@ EXTRAS = {
     "test": ["pytest>=7", "mappy>=2.24", "matplotlib>=3.7"],
     "plot": ["matplotlib>=3.7"],
     "tflite": ["ai-edge-litert>=1.0"],
-    "tools": ["torch==2.13.0", "mappy>=2.24", "matplotlib>=3.7", "onnxscript>=0.1"],
+    "tools": ["torch==2.13.0", "mappy>=2.24", "matplotlib>=3.7", "onnxscript>=0.1",
+              "ai-edge-litert>=1.0"],
+    # TFLite conversion (tools tflite-export): litert-torch 0.10 keeps torch 2.13 but pulls
+    # jax, transformers and ~40 more packages (and pins typing-extensions 4.12), so it is
+    # its own extra; a --system-site-packages venv + EDGECALL_LITERT_PYTHON works too.
+    "tflite-export": ["torch==2.13.0", "litert-torch==0.10.0", "ai-edge-litert>=2.3"],
 }
 
 setup(
