@@ -195,6 +195,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the summary (without per-read values) as JSON."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    except ImportError:  # the device install has no torch; the ONNX path needs none
+        pass
     res = evaluate(args.model, list(args.data), args.reference, args.bam, args.threads,
                    args.max_reads)
     if args.json:

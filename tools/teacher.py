@@ -332,6 +332,20 @@ class DeepnanoTeacher:
         return beam_search(p, beam_size)
 
 
+def export_onnx(weights: Path, path: Path) -> Path:
+    """Write the exact-activation network as ONNX (``signal`` [N,1,T] -> ``probs``).
+
+    Used to measure the teacher's onnxruntime samples/s beside the students';
+    the file stays outside the project (third-party weights).
+    """
+    net = DeepnanoNet(load_tensors(weights)).eval()
+    x = torch.randn(2, 1, CHUNK)
+    torch.onnx.export(net, (x,), str(path), input_names=["signal"], output_names=["probs"],
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={"signal": {0: "N", 2: "T"}, "probs": {0: "N", 1: "F"}})
+    return path
+
+
 # --------------------------------------------------------------------------- CLI
 
 def register(sub: argparse._SubParsersAction) -> None:
