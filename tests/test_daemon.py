@@ -43,7 +43,7 @@ def test_files_appearing_over_time_each_called_once(dirs: dict[str, Path],
         # retried (incomplete, no footer) and called only once it is complete
         src, ids = dk.staged_pod5(dirs["stage"], 6, seed=2)
         dst = dirs["watch"] / "run1/pod5_pass/b_1.pod5"
-        dk.copy_slowly(src, dst, chunks=10, delay=0.1, pause_at=4, pause=1.1)
+        dk.copy_slowly(src, dst, chunks=10, delay=0.1, pause_at=4, pause=1.3)
         expected["run1/pod5_pass/b_1.pod5"] = ids
         # files appearing in a new nested run folder, moved in complete
         later = dk.make_inputs(dirs["stage"] / "tree", {"exp/s1/run2/pod5/c_0.pod5": 3,
