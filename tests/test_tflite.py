@@ -112,7 +112,7 @@ def _can_export() -> bool:
 @pytest.mark.tools
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_export(), reason="litert-torch not installed "
-                    "(pip install 'edgecall[tools]' or set EDGECALL_LITERT_PYTHON)")
+                    "(pip install 'edgecall[tflite-export]' or set EDGECALL_LITERT_PYTHON)")
 def test_export_fp32_and_int8_agree_with_torch(tmp_path: Path) -> None:
     import torch
 

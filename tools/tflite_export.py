@@ -8,10 +8,11 @@ PT2E static quantisation (per-channel symmetric int8 weights, int8
 activations, int8 graph input) calibrated on real chunks; only the final
 log-softmax runs in float.
 
-litert-torch pulls in jax and transformers; to keep a workstation environment
-clean it may live in its own virtualenv (made with ``--system-site-packages``
-so it shares torch): set ``EDGECALL_LITERT_PYTHON`` to that interpreter and
-:func:`export_tflite` runs the conversion there in a subprocess.
+litert-torch (extra ``tflite-export``) pulls in jax and transformers; to keep a
+workstation environment clean it may live in its own virtualenv (made with
+``--system-site-packages`` so it shares torch): set ``EDGECALL_LITERT_PYTHON``
+to that interpreter and :func:`export_tflite` runs the conversion there in a
+subprocess.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def export_tflite(model: nn.Module, out: str | Path, *, batch: int = 16, length:
         return _convert(model.eval(), dst, batch, length, int8, chunks)
     python = os.environ.get("EDGECALL_LITERT_PYTHON")
     if not python:
-        raise ModelError("TFLite export needs litert-torch (pip install 'edgecall[tools]') "
+        raise ModelError("TFLite export needs litert-torch (pip install 'edgecall[tflite-export]') "
                          "or EDGECALL_LITERT_PYTHON pointing at a Python that has it")
     return _convert_elsewhere(python, model, dst, batch, length, int8, chunks)
 
