@@ -202,8 +202,9 @@ class Service:
         for rel in self.journal.recover():
             log.warning("%s: was interrupted; will be redone from scratch", rel)
         self._quarantine_crashers()
-        for path in files.remove_stale_temps(cfg.output):
-            log.info("removed stale temporary output %s", path)
+        for folder in (cfg.output, cfg.quarantine):
+            for path in files.remove_stale_temps(folder) if folder else ():
+                log.info("removed stale temporary file %s", path)
         for entry in self.journal.entries():
             quarantined = entry.state == "quarantined"
             self._known[entry.path] = (entry.size, entry.mtime_ns) if quarantined else SETTLED
