@@ -202,8 +202,8 @@ class Service:
         for rel in self.journal.recover():
             log.warning("%s: was interrupted; will be redone from scratch", rel)
         self._quarantine_crashers()
-        for folder in (cfg.output, cfg.quarantine):
-            for path in files.remove_stale_temps(folder) if folder else ():
+        for folder in [p for p in (cfg.output, cfg.quarantine) if p is not None]:
+            for path in files.remove_stale_temps(folder):
                 log.info("removed stale temporary file %s", path)
         for entry in self.journal.entries():
             quarantined = entry.state == "quarantined"
