@@ -3,22 +3,26 @@
 For each model (the bundled models in ``models/`` plus a few student presets
 built here as random-weight ONNX graphs of the ``tools.arch`` family — weights do
 not change the speed) and each engine available on this machine, the script
-measures on x86, with the same thread count:
+measures on x86, single-threaded:
 
 * ``S_x86``  engine samples/s (batch of chunks, median of repeats),
 * ``P_x86``  a measured sgemm peak (numpy/OpenBLAS float32 matmul, MAC/s),
 
 and projects to a Pi core with the formula (all assumptions explicit in ``PI``)::
 
-    eff        = S_x86 * M / (P_x86 * r_x86)          # fraction of a good sgemm peak
-    S_pi(t)    = eff * P_pi * f_gemm * r_pi * t * p(t) / M
+    eff        = S_x86 * M / (P_x86 * R(r_x86, g))    # fraction of a good sgemm peak
+    S_pi(t)    = eff * P_pi * f_gemm * R(r_pi, g) * t * p(t) / M
+    R(r, g)    = 1 / (g / r + (1 - g))                # int8 speed-up, Amdahl over MACs
 
 where ``M`` is MACs per input sample (counted from the ONNX graph; the same as
 ``tools.arch.macs_per_sample``), ``P_pi`` the Pi core's theoretical fp32 MAC/s,
 ``f_gemm`` the fraction of it a tuned sgemm reaches there, ``r`` the int8:fp32
 peak ratio of the instruction path the engine uses on that CPU (1 for fp32), and
-``p(t) = p2 ** log2(t)`` the multi-thread parallel efficiency (``p2`` per doubling of
-threads, an assumption: ``--p2``, default 0.9). All x86 timings are single-thread and
+``g`` the fraction of MACs in GEMM-shaped layers (pointwise 1x1 conv,
+MatMul/Gemm: the ones int8 GEMM/dot-product kernels accelerate; depthwise and stem
+convolutions are taken to run at the fp32 rate), ``p(t) = p2 ** log2(t)`` the
+multi-thread parallel efficiency (``p2`` per doubling of threads, an assumption:
+``--p2``, default 0.9). All x86 timings are single-thread and
 use *process CPU time*, not wall time, so a machine shared with other jobs still
 gives the ratio ``eff`` (both the engine and the sgemm peak are timed the same way).
 Output: Markdown on stdout (``--out`` to save).
@@ -141,15 +145,15 @@ def build_student_onnx(path: Path, channels: int, depth: int, kernel: int, stem_
     onnx.save(model, str(path))
 
 
-def count_macs(path: Path) -> tuple[float, int]:
-    """(MACs per input sample, total stride) of a Conv/MatMul graph, walked in order."""
+def count_macs(path: Path) -> tuple[float, int, float]:
+    """(MACs per input sample, total stride, GEMM fraction) of a Conv/MatMul graph."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     shapes = {i.name: tuple(numpy_helper.to_array(i).shape) for i in model.graph.initializer}
     factor = {model.graph.input[0].name: 1}
-    macs = 0.0
+    macs = gemm = 0.0
     for node in model.graph.node:
         f_in = next((factor[i] for i in node.input if i in factor), 1)
         f_out = f_in
@@ -159,15 +163,20 @@ def count_macs(path: Path) -> tuple[float, int]:
             strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1])
             f_out = f_in * strides[0]
             if wshape:
-                macs += wshape[0] * wshape[1] * wshape[2] / f_out
+                m = wshape[0] * wshape[1] * wshape[2] / f_out
+                macs += m
+                groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+                if wshape[2] == 1 and groups == 1:
+                    gemm += m
         elif node.op_type in ("MatMul", "Gemm"):
             wshape = shapes.get(node.input[1]) or shapes.get(_dq_source(model, node.input[1]))
             if wshape:
                 macs += wshape[0] * wshape[1] / f_in
+                gemm += wshape[0] * wshape[1] / f_in
         for o in node.output:
             factor[o] = f_out
     stride = max(factor.values())
-    return macs, stride
+    return macs, stride, (gemm / macs if macs else 0.0)
 
 
 def _dq_source(model, name: str) -> str:
@@ -277,13 +286,24 @@ def _cpu_name() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def project(s_x86: float, macs: float, p_x86: float, pi: PiCpu, engine: str, variant: str,
-            threads: int, p2: float) -> float:
+def speedup(r: float, g: float) -> float:
+    """Whole-model int8 speed-up when a fraction ``g`` of the MACs runs ``r`` times faster."""
+    return 1.0 / (g / r + (1.0 - g))
+
+
+def efficiency(s_x86: float, macs: float, gemm: float, p_x86: float, engine: str,
+               variant: str) -> float:
+    """Fraction of the x86 sgemm peak (int8: of the int8-adjusted peak) the engine reaches."""
+    r = speedup(R_X86.get(engine, 2.0), gemm) if variant == "int8" else 1.0
+    return s_x86 * macs / (p_x86 * r)
+
+
+def project(s_x86: float, macs: float, gemm: float, p_x86: float, pi: PiCpu, engine: str,
+            variant: str, threads: int, p2: float) -> float:
     """Projected samples/s on ``threads`` cores of ``pi`` (see the module docstring)."""
-    int8 = variant == "int8"
-    eff = s_x86 * macs / (p_x86 * (R_X86.get(engine, 2.0) if int8 else 1.0))
+    eff = efficiency(s_x86, macs, gemm, p_x86, engine, variant)
     p_pi = pi.ghz * 1e9 * pi.fp32_mac_per_cycle * pi.f_gemm
-    r_pi = pi.r_int8.get(engine, 1.0) if int8 else 1.0
+    r_pi = speedup(pi.r_int8.get(engine, 1.0), gemm) if variant == "int8" else 1.0
     par = threads * (p2 ** math.log2(threads) if threads > 1 else 1.0)
     return eff * p_pi * r_pi * par / macs
 
@@ -320,21 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     log.info("sgemm peak (1 thread, per CPU second): %.1f GMAC/s", peak / 1e9)
     rows = []
     for name, folder in folders.items():
-        macs, stride = count_macs(folder / "model.onnx")
+        macs, stride, gemm = count_macs(folder / "model.onnx")
         for engine in args.engines:
             for variant in ("fp32", "int8"):
                 s1 = engine_speed(folder, engine, variant, stride)
                 if s1 is None:
                     continue
-                rows.append({"model": name, "macs": macs, "engine": engine,
+                rows.append({"model": name, "macs": macs, "gemm": gemm, "engine": engine,
                              "variant": variant, "x86": s1, "p2": args.p2})
                 log.info("%s %s %s: %.0f samples/CPU-s", name, engine, variant, s1)
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Raspberry Pi throughput PROJECTION (generated {stamp})", "",
              "**A projection from x86 measurements, not a Pi measurement** — `edgecall "
-             "profile` on a real Pi replaces it. Formula: `eff = S_x86 * M / (P_x86 * r_x86)`;"
-             " `S_pi(t) = eff * P_pi * f_gemm * r_pi * t * p2^log2(t) / M` (see "
+             "profile` on a real Pi replaces it. Formula: `eff = S_x86 * M / (P_x86 * "
+             "R(r_x86, g))`; `S_pi(t) = eff * P_pi * f_gemm * R(r_pi, g) * t * p2^log2(t) / M`;"
+             " `R(r, g) = 1 / (g/r + 1 - g)` (int8 only; g = GEMM share of the MACs). "
+             "S_x86 and P_x86 are single-thread, per CPU second (see "
              "`bench/pi_projection.py`).", "",
              f"x86 host: {_cpu_name()}; measured sgemm peak P_x86 (numpy/OpenBLAS, 1 "
              f"thread, per CPU second): {peak / 1e9:.1f} GMAC/s; p2 = {args.p2} (assumed).",
@@ -344,24 +366,24 @@ def main(argv: list[str] | None = None) -> int:
                      f"int8 ratio r_pi={pi.r_int8}): {pi.note}")
     lines += ["", f"MinION: full = 512 ch x 5 kHz = {MINION_FULL / 1e6:.2f} M samples/s; "
               f"realistic ~{MINION_REALISTIC / 1e6:.1f} M samples/s.", "",
-              "| model | MACs/sample | engine | x86 samples/CPU-s | eff | p2 | "
+              "| model | MACs/sample (g) | engine | x86 samples/CPU-s | eff | p2 | "
               "Pi 5 1 thr | Pi 5 4 thr | Pi 5 4 thr % MinION (full / realistic) | "
               "Pi 4 1 thr | Pi 4 4 thr | Pi 4 4 thr % MinION (full / realistic) |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s1 = r["x86"]
-        eff = s1 * r["macs"] / (peak * (R_X86.get(r["engine"], 2) if r["variant"] == "int8"
-                                        else 1.0))
+        eff = efficiency(s1, r["macs"], r["gemm"], peak, r["engine"], r["variant"])
         cells = []
         for key in ("Pi 5", "Pi 4"):
-            one = project(s1, r["macs"], peak, PI[key], r["engine"], r["variant"], 1,
-                          r["p2"])
-            four = project(s1, r["macs"], peak, PI[key], r["engine"], r["variant"], 4,
-                           r["p2"])
+            one = project(s1, r["macs"], r["gemm"], peak, PI[key], r["engine"], r["variant"],
+                          1, r["p2"])
+            four = project(s1, r["macs"], r["gemm"], peak, PI[key], r["engine"],
+                           r["variant"], 4, r["p2"])
             r.setdefault("pi", {})[key] = {"1": one, "4": four}
             cells += [f"{one / 1e3:,.0f} k", f"{four / 1e3:,.0f} k",
                       f"{four / MINION_FULL:.0%} / {four / MINION_REALISTIC:.0%}"]
-        lines.append(f"| {r['model']} | {r['macs']:,.0f} | {r['engine']} {r['variant']} | "
+        lines.append(f"| {r['model']} | {r['macs']:,.0f} ({r['gemm']:.2f}) | "
+                     f"{r['engine']} {r['variant']} | "
                      f"{s1:,.0f} | {eff:.2f} | {r['p2']:.2f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

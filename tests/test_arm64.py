@@ -72,11 +72,15 @@ def test_projection_mac_count_matches_arch_formula(tmp_path: Path) -> None:
     mod = _load(REPO / "bench" / "pi_projection.py", "pi_projection")
     c, d, k, sk, s = 96, 3, 25, 15, 3
     mod.build_student_onnx(tmp_path / "m.onnx", c, d, k, sk, s)
-    macs, stride = mod.count_macs(tmp_path / "m.onnx")
+    macs, stride, gemm = mod.count_macs(tmp_path / "m.onnx")
     # tools.arch.macs_per_sample for the same ArchConfig (written out: no torch needed)
     expected = (c * sk + d * (c * k + c * c) + c * 5) / s
     assert stride == s
     assert macs == pytest.approx(expected)
+    assert gemm == pytest.approx((d * c * c + c * 5) / s / expected)
+    # int8 speed-up: all-GEMM gets the full ratio, no GEMM none
+    assert mod.speedup(4.0, 1.0) == pytest.approx(4.0)
+    assert mod.speedup(4.0, 0.0) == pytest.approx(1.0)
 
 
 @pytest.mark.arm64
