@@ -235,8 +235,13 @@ def save_state(path: Path, model, opt, step: int, epoch: int, pos: int,
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
-    """Run (or continue) training; returns the output folder."""
+def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None) -> Path:
+    """Run (or continue) training; returns the output folder.
+
+    ``resume`` continues a run exactly (model, optimizer, data order, RNG);
+    ``init`` starts a new run (new optimizer and schedule) from a checkpoint's
+    weights, e.g. fine-tuning after pretraining.
+    """
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +263,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> Path:
         rmat = resample_matrix(int(data.teacher.shape[1]), 3, t_len // arch.stride, arch.stride)
     step, epoch, pos, elapsed = 0, 0, 0, 0.0
     perm = torch.randperm(len(data))
+    if init is not None and resume is None:
+        model.load_state_dict(torch.load(init, weights_only=False)["model"])
+        log.info("initialised weights from %s", init)
     if resume is not None:
         st = torch.load(resume, weights_only=False)
         model.load_state_dict(st["model"])
@@ -372,6 +380,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="default /work/cache/runs/<run>")
     p.add_argument("--resume", type=Path, default=None,
                    help="checkpoint to continue from (its config is reused)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start a new run from this checkpoint's weights (fine-tuning)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="schedule length in steps (ignored when --hours is set)")
     p.add_argument("--channels", type=int, default=128)
@@ -420,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
                           out=str(args.out or Path("/work/cache/runs") / args.run),
                           arch=arch.to_dict(), **overrides)
     log.info("command: %s", " ".join(sys.argv))
-    train(cfg, args.resume)
+    train(cfg, args.resume, args.init_from)
     return 0
 
 
