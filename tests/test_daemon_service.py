@@ -14,9 +14,11 @@ from typing import Any
 
 import daemonkit as dk
 import numpy as np
+import pytest
 
 from edgecall.daemon.service import ServeConfig, Service
 from edgecall.daemon.systemd import Notifier
+from edgecall.errors import EdgecallError
 from edgecall.io.writer import open_writer
 from edgecall.types import CalledRead, Failed, Read
 
@@ -54,16 +56,24 @@ def _service(cfg: ServeConfig, caller: Any, **kw: Any) -> Service:
                    notifier=Notifier({}), **kw)
 
 
-def test_engine_error_quarantines_that_file_only(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
-    inputs = dk.make_inputs(cfg.watch, {"ok.pod5": 2, "explode.pod5": 2, "ok2.pod5": 3})
+def test_engine_error_exits_then_retries_then_quarantines(tmp_path: Path) -> None:
+    """An unexpected error is not blamed on the input at once: exit (systemd restarts
+    us), retry, and quarantine only after --max-crashes failures."""
+    cfg = _config(tmp_path, max_crashes=2)
+    inputs = dk.make_inputs(cfg.watch, {"explode.pod5": 2, "ok.pod5": 2, "ok2.pod5": 3})
+    for attempt in (1, 2):
+        with pytest.raises(EdgecallError, match="engine exploded.*exiting"):
+            _service(cfg, EchoCaller("explode")).run()
+        row = dk.journal(cfg.state)["explode.pod5"]
+        assert (row["state"], row["crashes"]) == ("pending", attempt)
+        assert not dk.temp_files(cfg.output)
     _service(cfg, EchoCaller("explode")).run()
     rows = dk.journal(cfg.state)
     assert rows["explode.pod5"]["state"] == "quarantined"
-    assert "basecalling failed: RuntimeError: engine exploded" in rows["explode.pod5"]["reason"]
+    assert "gave up after 2 failed attempts" in rows["explode.pod5"]["reason"]
+    assert "RuntimeError: engine exploded" in rows["explode.pod5"]["reason"]
     assert rows["ok.pod5"]["state"] == rows["ok2.pod5"]["state"] == "done"
     assert set(dk.fastq_ids(cfg.output)) == inputs["ok.pod5"] | inputs["ok2.pod5"]
-    assert not dk.temp_files(cfg.output)
 
 
 def test_full_output_disk_backs_off_and_retries(tmp_path: Path) -> None:
@@ -126,5 +136,6 @@ def test_too_many_crashes_quarantines_instead_of_looping(tmp_path: Path) -> None
     _service(cfg, EchoCaller()).run()
     rows = dk.journal(cfg.state)
     assert rows["poison.pod5"]["state"] == "quarantined"
-    assert "2 daemon crashes" in rows["poison.pod5"]["reason"]
+    assert "gave up after 2 failed attempts" in rows["poison.pod5"]["reason"]
+    assert "killed or crashed" in rows["poison.pod5"]["reason"]
     assert rows["fine.pod5"]["state"] == "done"

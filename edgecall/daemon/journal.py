@@ -152,8 +152,8 @@ class Journal:
             rows = [r[0] for r in self._db.execute(
                 "SELECT path FROM files WHERE state = 'running'")]
             self._db.execute("UPDATE files SET state = 'pending', crashes = crashes + 1, "
-                             "reason = 'interrupted (daemon stopped or crashed)' "
-                             "WHERE state = 'running'")
+                             "reason = 'interrupted (the daemon was killed or crashed while "
+                             "basecalling it)' WHERE state = 'running'")
         return rows
 
     def add_pending(self, path: str, size: int, mtime_ns: int,
@@ -179,6 +179,12 @@ class Journal:
         with self._tx():
             self._db.execute("UPDATE files SET state = 'pending', reason = ? WHERE path = ?",
                              (reason, path))
+
+    def fail(self, path: str, reason: str) -> None:
+        """A failed attempt not known to be the input's fault: pending again, one more crash."""
+        with self._tx():
+            self._db.execute("UPDATE files SET state = 'pending', crashes = crashes + 1, "
+                             "reason = ? WHERE path = ?", (reason, path))
 
     def finish(self, path: str, *, output: str, reads: int, failed_reads: int, bases: int,
                samples: int, seconds: float) -> None:

@@ -253,8 +253,8 @@ class Service:
         assert self.journal is not None
         for entry in self.journal.entries("pending"):
             if entry.crashes >= self.config.max_crashes:
-                self._quarantine(entry.path, f"{entry.path}: interrupted by {entry.crashes} "
-                                 "daemon crashes/restarts while being basecalled",
+                self._quarantine(entry.path, f"{entry.path}: gave up after {entry.crashes} "
+                                 f"failed attempts; last: {entry.reason}",
                                  entry.size, entry.mtime_ns)
 
     def _shutdown(self) -> None:
@@ -360,10 +360,16 @@ class Service:
             self._output_failed(rel, out, exc)
         except EdgecallError as exc:
             self._quarantine(rel, str(exc), size, mtime_ns)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the daemon
+        except Exception as exc:
+            # not known to be the input's fault (an engine bug, a broken install): fail
+            # loudly so the service manager restarts us; the file is retried and only
+            # quarantined after --max-crashes failures, never every input in turn
             log.exception("%s: unexpected error while basecalling", rel)
-            self._quarantine(rel, f"{src}: basecalling failed: {type(exc).__name__}: {exc}",
-                             size, mtime_ns)
+            reason = f"{src}: basecalling failed: {type(exc).__name__}: {_first_line(exc)}"
+            self.journal.fail(rel, reason)
+            self.exit_reason = "unexpected error"
+            raise EdgecallError(f"{reason} (exiting; the file will be retried, and quarantined "
+                                f"after {self.config.max_crashes} failures)") from exc
         else:
             self._finish(rel, out, counters, time.monotonic() - t0)
         self._publish(current=None, counts=self.journal.counts())
@@ -535,6 +541,12 @@ class Service:
             _append_jsonl(path, record)
         except OSError as exc:
             log.warning("%s: cannot append telemetry: %s", path, exc.strerror or exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """First line of an exception's message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
