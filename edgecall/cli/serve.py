@@ -70,7 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=_env("QUARANTINE_MOVE", "") in ("1", "yes", "true"),
                    help="move corrupt inputs into --quarantine instead of linking")
     p.add_argument("--max-crashes", type=int, default=_env("MAX_CRASHES", "3"),
-                   help="quarantine a file in progress during this many crashes (default 3)")
+                   help="quarantine a file after this many failed attempts (daemon crashes or "
+                        "unexpected basecalling errors; default 3)")
     p.add_argument("--telemetry-interval", type=float,
                    default=_env("TELEMETRY_INTERVAL", "60"),
                    help="seconds between telemetry JSONL records under --state (default 60)")
