@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 NR = 16  # GEMM panel width; must match EC_NR in kernels/ec_simd.h
 _NAMES = {
     "conv": ("conv_generic", "depthwise_conv", "pointwise_conv"),
-    "qconv": ("quantize", "dequantize", "requantize", "qadd", "qconv_generic",
+    "qconv": ("qpack", "quantize", "dequantize", "requantize", "qadd", "qconv_generic",
               "qdepthwise_conv", "qpointwise_conv"),
     "ctc": ("greedy", "beam_search"),
 }
@@ -144,15 +144,20 @@ def pack_pointwise(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(k, nb, NR).transpose(1, 0, 2))
 
 
-def pack_qpointwise(w: np.ndarray) -> np.ndarray:
-    """``[K, Cout]`` int weight -> int16 pair panels ``[ceil(Cout/16), ceil(K/2), 32]``."""
+def pack_qpointwise(w: np.ndarray, pack: int = 2) -> np.ndarray:
+    """``[K, Cout]`` int8 weight -> panels ``[ceil(Cout/16), Kp/pack, 16*pack]``.
+
+    ``pack`` is the backend's ``qpack()``: 2 = int16 pairs ``(w[k], w[k+1])`` per
+    column (pmaddwd/vmlal), 4 = int8 quads ``w[k..k+3]`` per column (sdot).
+    """
     k, cout = w.shape
-    nb, k2 = -(-cout // NR), -(-k // 2)
-    wp = np.zeros((2 * k2, nb * NR), dtype=np.int16)
+    nb, kq = -(-cout // NR), -(-k // pack)
+    dtype = np.int8 if pack == 4 else np.int16
+    wp = np.zeros((kq * pack, nb * NR), dtype=dtype)
     wp[:k, :cout] = w
-    # [k2, 2, nb, NR] -> [nb, k2, NR, 2]: column j of pair p holds (w[2p, j], w[2p+1, j])
-    wp = wp.reshape(k2, 2, nb, NR).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(wp.reshape(nb, k2, 2 * NR))
+    # [kq, pack, nb, NR] -> [nb, kq, NR, pack]
+    wp = wp.reshape(kq, pack, nb, NR).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(wp.reshape(nb, kq, pack * NR))
 
 
 def pad_channels(v: np.ndarray, n: int) -> np.ndarray:

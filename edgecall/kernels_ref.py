@@ -4,7 +4,7 @@ Every function here mirrors one in the Cython modules built from ``kernels/``
 (``conv``, ``qconv``, ``ctc``) argument for argument, and writes into ``out``
 the same way. :mod:`edgecall.kernels_backend` selects between the two; the
 tests run both and compare. Activation codes: 0 none, 1 ReLU, 2 Clip(lo, hi),
-3 SiLU. Quantised activations are centered int16 (``q - zero_point``).
+3 SiLU. Quantised activations are int8 with a zero point (see kernels/qconv.pyx).
 """
 
 from __future__ import annotations
@@ -80,66 +80,78 @@ def pointwise_conv(x, wp, bias, res, out, act, lo, hi, threads):  # noqa: ANN001
 # ---- int8 -----------------------------------------------------------------
 
 
-def _requant(acc: np.ndarray, bias: np.ndarray, mult: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """clamp(rne(float32(acc + bias) * mult), lo, hi) as int16."""
+def qpack() -> int:
+    """Weight packing of :func:`qpointwise_conv` (int16 pairs)."""
+    return 2
+
+
+def _requant(acc: np.ndarray, bias: np.ndarray, mult: np.ndarray, zo: int, lo: int,
+             hi: int) -> np.ndarray:
+    """clamp(rne(float32(acc + bias) * mult) + zo, lo, hi) as int8."""
     v = (acc + bias).astype(np.float32) * mult.astype(np.float32)
-    return np.clip(np.rint(v), lo, hi).astype(np.int16)
+    return np.clip(np.rint(v).astype(np.int64) + zo, lo, hi).astype(np.int8)
 
 
 def quantize(x, out, scale, zp, qmin, qmax, threads):  # noqa: ANN001
-    """Centered QuantizeLinear: ``clamp(rne(x / scale) + zp, qmin, qmax) - zp``."""
+    """QuantizeLinear: ``clamp(rne(x / scale) + zp, qmin, qmax)``."""
     q = np.rint(np.asarray(x, np.float32) / np.float32(scale)).astype(np.int64) + zp
-    out[...] = (np.clip(q, qmin, qmax) - zp).astype(np.int16)
+    out[...] = np.clip(q, qmin, qmax).astype(np.int8)
 
 
-def dequantize(x, out, scale, threads):  # noqa: ANN001
-    """Centered DequantizeLinear: ``x * scale``."""
-    out[...] = np.asarray(x, np.float32) * np.float32(scale)
+def dequantize(x, out, scale, zp, threads):  # noqa: ANN001
+    """DequantizeLinear: ``(x - zp) * scale``."""
+    out[...] = (np.asarray(x, np.int32) - zp).astype(np.float32) * np.float32(scale)
 
 
-def requantize(x, out, ratio, lo, hi, threads):  # noqa: ANN001
-    """``clamp(rne(x * ratio), lo, hi)``."""
-    v = np.asarray(x, np.float32) * np.float32(ratio)
-    out[...] = np.clip(np.rint(v), lo, hi).astype(np.int16)
+def requantize(x, out, ratio, zi, zo, lo, hi, threads):  # noqa: ANN001
+    """``clamp(rne((x - zi) * ratio) + zo, lo, hi)``."""
+    v = (np.asarray(x, np.int32) - zi).astype(np.float32) * np.float32(ratio)
+    out[...] = np.clip(np.rint(v).astype(np.int64) + zo, lo, hi).astype(np.int8)
 
 
-def qadd(a, b, out, ra, rb, lo, hi, threads):  # noqa: ANN001
-    """``clamp(rne(a * ra + b * rb), lo, hi)`` (products exact in float64)."""
-    v = (np.asarray(a, np.float64) * np.float64(np.float32(ra))
-         + np.asarray(b, np.float64) * np.float64(np.float32(rb)))
-    out[...] = np.clip(np.rint(v), lo, hi).astype(np.int16)
+def qadd(a, b, out, ra, rb, za, zb, zo, lo, hi, threads):  # noqa: ANN001
+    """``clamp(rne((a - za) * ra + (b - zb) * rb) + zo, lo, hi)`` (exact products)."""
+    v = ((np.asarray(a, np.float64) - za) * np.float64(np.float32(ra))
+         + (np.asarray(b, np.float64) - zb) * np.float64(np.float32(rb)))
+    out[...] = np.clip(np.rint(v).astype(np.int64) + zo, lo, hi).astype(np.int8)
 
 
-def qconv_generic(x, w, bias, mult, out, stride, pad, lo, hi, threads):  # noqa: ANN001
-    """Grouped int8 conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]`` int16."""
+def _qwindows(x: np.ndarray, k: int, stride: int, pad: int, t_out: int, zp: int) -> np.ndarray:
+    """Sliding windows padded with the zero point, as int64."""
+    return _windows(np.asarray(x, np.int64) - zp, k, stride, pad, t_out) + zp
+
+
+def qconv_generic(x, w, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+    """Grouped int8 conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]``; padding = ``zp_in``."""
     g, k, cig, cog = w.shape
-    win = _windows(np.asarray(x), k, stride, pad, out.shape[1])
+    win = _qwindows(x, k, stride, pad, out.shape[1], zp_in)
     n, to = win.shape[:2]
-    win = win.reshape(n, to, k, g, cig).astype(np.int64)
+    win = win.reshape(n, to, k, g, cig)
     acc = np.einsum("ntkgi,gkio->ntgo", win, w.astype(np.int64)).reshape(n, to, g * cog)
-    out[...] = _requant(acc, bias, mult, lo, hi)
+    out[...] = _requant(acc, bias, mult, zo, lo, hi)
 
 
-def qdepthwise_conv(x, w, bias, mult, out, stride, pad, lo, hi, threads):  # noqa: ANN001
-    """Depthwise int8 conv1d; ``w`` is ``[K, C]`` int16."""
-    win = _windows(np.asarray(x), w.shape[0], stride, pad, out.shape[1]).astype(np.int64)
+def qdepthwise_conv(x, w, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+    """Depthwise int8 conv1d; ``w`` is ``[K, C]``; padding = ``zp_in``."""
+    win = _qwindows(x, w.shape[0], stride, pad, out.shape[1], zp_in)
     acc = np.einsum("ntkc,kc->ntc", win, w.astype(np.int64))
-    out[...] = _requant(acc, bias, mult, lo, hi)
+    out[...] = _requant(acc, bias, mult, zo, lo, hi)
 
 
 def unpack_qpointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
-    """Packed ``[nb, ceil(K/2), 32]`` int16 pairs -> ``[K, Cout]``."""
-    nb, k2, _ = wp.shape
-    w = wp.reshape(nb, k2, NR, 2).transpose(1, 3, 0, 2).reshape(2 * k2, nb * NR)
+    """Packed ``[nb, Kp / P, 16 * P]`` panels (P = 2 or 4 k-values per column) -> ``[K, Cout]``."""
+    nb, kq, width = wp.shape
+    p = width // NR
+    w = wp.reshape(nb, kq, NR, p).transpose(1, 3, 0, 2).reshape(kq * p, nb * NR)
     return np.ascontiguousarray(w[:k, :cout])
 
 
-def qpointwise_conv(x, wp, bias, mult, out, lo, hi, threads):  # noqa: ANN001
-    """Int8 1x1 conv as GEMM with packed int16-pair weights."""
+def qpointwise_conv(x, wp, bias, mult, out, zo, lo, hi, threads):  # noqa: ANN001
+    """Int8 1x1 conv as GEMM with packed weights (either packing)."""
     cout = out.shape[1]
     w = unpack_qpointwise(np.asarray(wp), x.shape[1], cout)
     acc = np.asarray(x, np.int64) @ w.astype(np.int64)
-    out[...] = _requant(acc, np.asarray(bias)[:cout], np.asarray(mult)[:cout], lo, hi)
+    out[...] = _requant(acc, np.asarray(bias)[:cout], np.asarray(mult)[:cout], zo, lo, hi)
 
 
 # ---- CTC ------------------------------------------------------------------

@@ -84,35 +84,39 @@ static inline void ec_epilogue_f32(const float *acc, const float *bias, const fl
 /* round half to even (current FP rounding mode), as onnxruntime's QuantizeLinear */
 static inline int32_t ec_rne(float v) { return (int32_t)nearbyintf(v); }
 
-/* out[j] = clamp(rne((acc[j] + bias[j]) * mult[j]), lo, hi) as int16, j < n */
+/* out[j] = clamp(rne((acc[j] + bias[j]) * mult[j]) + zo, lo, hi) as int8, j < n */
 static inline void ec_requant(const int32_t *acc, const int32_t *bias, const float *mult,
-                              int16_t *out, int n, int32_t lo, int32_t hi) {
+                              int8_t *out, int n, int32_t zo, int32_t lo, int32_t hi) {
     int j = 0;
 #if defined(EC_HAVE_AVX2)
     const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+    const __m256i vzo = _mm256_set1_epi32(zo);
     for (; j + 8 <= n; j += 8) {
         __m256i a = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + j)),
                                      _mm256_loadu_si256((const __m256i *)(bias + j)));
         __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(mult + j));
-        __m256i r = _mm256_cvtps_epi32(f);  /* MXCSR default: nearest-even */
+        __m256i r = _mm256_add_epi32(_mm256_cvtps_epi32(f), vzo);  /* MXCSR: nearest-even */
         r = _mm256_min_epi32(_mm256_max_epi32(r, vlo), vhi);
         __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-        _mm_storeu_si128((__m128i *)(out + j), p);
+        _mm_storel_epi64((__m128i *)(out + j), _mm_packs_epi16(p, p));
     }
 #elif defined(EC_HAVE_NEON)
-    const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
-    for (; j + 4 <= n; j += 4) {
-        int32x4_t a = vaddq_s32(vld1q_s32(acc + j), vld1q_s32(bias + j));
-        float32x4_t f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult + j));
-        int32x4_t r = vcvtnq_s32_f32(f);  /* nearest, ties to even */
-        r = vminq_s32(vmaxq_s32(r, vlo), vhi);
-        vst1_s16(out + j, vmovn_s32(r));
+    const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi), vzo = vdupq_n_s32(zo);
+    for (; j + 8 <= n; j += 8) {
+        int16x4_t h[2];
+        for (int u = 0; u < 2; u++) {
+            int32x4_t a = vaddq_s32(vld1q_s32(acc + j + 4 * u), vld1q_s32(bias + j + 4 * u));
+            float32x4_t f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult + j + 4 * u));
+            int32x4_t r = vaddq_s32(vcvtnq_s32_f32(f), vzo);  /* nearest, ties to even */
+            h[u] = vmovn_s32(vminq_s32(vmaxq_s32(r, vlo), vhi));
+        }
+        vst1_s8(out + j, vmovn_s16(vcombine_s16(h[0], h[1])));
     }
 #endif
     for (; j < n; j++) {
-        int32_t r = ec_rne((float)(acc[j] + bias[j]) * mult[j]);
+        int32_t r = ec_rne((float)(acc[j] + bias[j]) * mult[j]) + zo;
         r = r < lo ? lo : (r > hi ? hi : r);
-        out[j] = (int16_t)r;
+        out[j] = (int8_t)r;
     }
 }
 
@@ -231,6 +235,67 @@ static inline void ec_qgemm_tile(const int16_t *const *a, const int16_t *bp, int
 }
 
 
+/* int8 x int8 -> int32 tile with the Armv8.2 dot product (K4 = K/4 quads): the
+ * panel is [K/4][EC_NR][4] int8, A rows int8 padded to a multiple of 4. */
+#if defined(EC_HAVE_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#define EC_QPACK 4
+static inline void ec_qgemm_tile_s8(const int8_t *const *a, const int8_t *bp, int K4,
+                                    int32_t *tile) {
+    int32x4_t c[EC_MR][4];
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) c[i][v] = vdupq_n_s32(0);
+    for (int k = 0; k < K4; k++) {
+        const int8_t *b = bp + k * 4 * EC_NR;
+        int8x16_t b0 = vld1q_s8(b), b1 = vld1q_s8(b + 16), b2 = vld1q_s8(b + 32), b3 = vld1q_s8(b + 48);
+        for (int i = 0; i < EC_MR; i++) {
+            int32_t q;
+            memcpy(&q, a[i] + 4 * k, 4);
+            int8x16_t x = vreinterpretq_s8_s32(vdupq_n_s32(q));
+            c[i][0] = vdotq_s32(c[i][0], b0, x); c[i][1] = vdotq_s32(c[i][1], b1, x);
+            c[i][2] = vdotq_s32(c[i][2], b2, x); c[i][3] = vdotq_s32(c[i][3], b3, x);
+        }
+    }
+    for (int i = 0; i < EC_MR; i++)
+        for (int v = 0; v < 4; v++) vst1q_s32(tile + i * EC_NR + 4 * v, c[i][v]);
+}
+#else
+#define EC_QPACK 2  /* int16 pairs for pmaddwd / vmlal */
+#endif
+
+/* int8 GEMM for one block of up to EC_MR rows of x [M, K] (row stride K):
+ * copies (and on the int16 path widens) the rows into ``scratch`` padded to a
+ * multiple of EC_QPACK, then writes NB tiles [EC_MR][EC_NR] into ``tiles``.
+ * ``bp`` holds NB panels of Kp * EC_NR elements (int16 pairs or int8 quads).
+ * ``scratch`` needs EC_MR * (K + 4) * 2 bytes. */
+static inline void ec_qgemm_rows(const int8_t *x, int K, int mr, const void *bp, int NB,
+                                 int32_t *tiles, void *scratch) {
+    const int Kp = (K + EC_QPACK - 1) / EC_QPACK * EC_QPACK;
+#if EC_QPACK == 4
+    int8_t *buf = (int8_t *)scratch;
+    const int8_t *rows[EC_MR];
+#else
+    int16_t *buf = (int16_t *)scratch;
+    const int16_t *rows[EC_MR];
+#endif
+    for (int i = 0; i < EC_MR; i++) {
+        const int8_t *src = x + (size_t)(i < mr ? i : mr - 1) * K;
+        for (int k = 0; k < K; k++) buf[i * Kp + k] = src[k];
+        for (int k = K; k < Kp; k++) buf[i * Kp + k] = 0;
+        rows[i] = buf + i * Kp;
+    }
+    for (int jb = 0; jb < NB; jb++) {
+#if EC_QPACK == 4
+        ec_qgemm_tile_s8(rows, (const int8_t *)bp + (size_t)jb * Kp * EC_NR, Kp / 4,
+                         tiles + jb * EC_MR * EC_NR);
+#else
+        ec_qgemm_tile(rows, (const int16_t *)bp + (size_t)jb * Kp * EC_NR, Kp / 2,
+                      tiles + jb * EC_MR * EC_NR);
+#endif
+    }
+}
+
+static inline int ec_qpack(void) { return EC_QPACK; }
+
 /* ---- depthwise blocks: EC_DWR output rows at once --------------------------
  * rows[r * K + k] points at the input row feeding tap k of output row r (a
  * zero row for taps in the padding); acc[r * C + c] receives the sums. Each
@@ -280,7 +345,7 @@ static inline void ec_dw_block_f32(const float *const *rows, int K, const float 
     }
 }
 
-static inline void ec_dw_block_q(const int16_t *const *rows, int K, const int16_t *w, int C,
+static inline void ec_dw_block_q(const int8_t *const *rows, int K, const int16_t *w, int C,
                                  int32_t *acc) {
     int c = 0;
 #if defined(EC_HAVE_AVX2)
@@ -295,8 +360,8 @@ static inline void ec_dw_block_q(const int16_t *const *rows, int K, const int16_
             __m256i w1 = k + 1 < K ? _mm256_loadu_si256((const __m256i *)(w + (size_t)k1 * C + c)) : z;
             __m256i wl = _mm256_unpacklo_epi16(w0, w1), wh = _mm256_unpackhi_epi16(w0, w1);
 #define EC_QDW(r, lr, hr) { \
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(rows[(r) * K + k] + c)); \
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(rows[(r) * K + k1] + c)); \
+            __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(rows[(r) * K + k] + c))); \
+            __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(rows[(r) * K + k1] + c))); \
             lr = _mm256_add_epi32(lr, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl)); \
             hr = _mm256_add_epi32(hr, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh)); }
             EC_QDW(0, l0, h0) EC_QDW(1, l1, h1) EC_QDW(2, l2, h2) EC_QDW(3, l3, h3)
@@ -316,7 +381,7 @@ static inline void ec_dw_block_q(const int16_t *const *rows, int K, const int16_
         for (int k = 0; k < K; k++) {
             int16x8_t wk = vld1q_s16(w + (size_t)k * C + c);
             for (int r = 0; r < EC_DWR; r++) {
-                int16x8_t x = vld1q_s16(rows[r * K + k] + c);
+                int16x8_t x = vmovl_s8(vld1_s8(rows[r * K + k] + c));
                 a[r][0] = vmlal_s16(a[r][0], vget_low_s16(x), vget_low_s16(wk));
                 a[r][1] = vmlal_high_s16(a[r][1], x, wk);
             }

@@ -113,9 +113,11 @@ def test_pointwise_blas_variant_agrees() -> None:
 # ---- int8 -------------------------------------------------------------------
 
 
-def _qrange(rng: np.random.Generator) -> tuple[int, int]:
-    zp = int(rng.integers(-128, 10))
-    return -128 - zp, 127 - zp
+def _qparams(rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(zp_in, zo, lo, hi): random zero points and a possibly narrowed clamp range."""
+    zp_in, zo = int(rng.integers(-128, 128)), int(rng.integers(-128, 20))
+    lo = int(rng.choice([-128, zo]))  # zo: a fused ReLU
+    return zp_in, zo, lo, 127
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -127,46 +129,54 @@ def test_qdepthwise_and_qgeneric_exact(seed: int) -> None:
     to = _t_out(t, k, stride, pad)
     if to < 1:
         pytest.skip("empty output")
-    lo, hi = _qrange(rng)
-    x = rng.integers(-255, 256, (n, t, c)).astype(np.int16)
+    zp_in, zo, lo, hi = _qparams(rng)
+    x = rng.integers(-128, 128, (n, t, c)).astype(np.int8)
     w = rng.integers(-127, 128, (k, c)).astype(np.int16)
     b = rng.integers(-5000, 5000, c).astype(np.int32)
     mult = (rng.random(c) * 1e-3).astype(np.float32)
     outs = []
     for kern in (COMPILED, ref):
-        out = np.empty((n, to, c), np.int16)
-        kern.qdepthwise_conv(x, w, b, mult, out, stride, pad, lo, hi, 2)
+        out = np.empty((n, to, c), np.int8)
+        kern.qdepthwise_conv(x, w, b, mult, out, stride, pad, zp_in, zo, lo, hi, 2)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     # the same depthwise conv through the generic grouped kernel
     wg = np.ascontiguousarray(w.T.reshape(c, k, 1, 1))
-    outs = []
     for kern in (COMPILED, ref):
-        out = np.empty((n, to, c), np.int16)
-        kern.qconv_generic(x, wg, b, mult, out, stride, pad, lo, hi, 2)
+        out = np.empty((n, to, c), np.int8)
+        kern.qconv_generic(x, wg, b, mult, out, stride, pad, zp_in, zo, lo, hi, 2)
         outs.append(out)
-    np.testing.assert_array_equal(outs[0], outs[1])
+    for o in outs[1:]:
+        np.testing.assert_array_equal(outs[0], o)
+    assert outs[0].min() >= lo
 
 
 @pytest.mark.parametrize("m,k,cout", [(1, 1, 1), (7, 13, 5), (6, 128, 128), (61, 33, 17),
-                                      (100, 64, 40)])
+                                      (100, 64, 40), (9, 6, 3)])
 def test_qpointwise_exact(m: int, k: int, cout: int) -> None:
     rng = np.random.default_rng(m + k + cout)
-    x = rng.integers(-255, 256, (m, k)).astype(np.int16)
-    w = rng.integers(-127, 128, (k, cout)).astype(np.int16)
-    wp = kb.pack_qpointwise(w)
-    np.testing.assert_array_equal(ref.unpack_qpointwise(wp, k, cout), w)
-    npad = wp.shape[0] * kb.NR
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-127, 128, (k, cout)).astype(np.int8)
+    zp_in, zo, lo, hi = _qparams(rng)
+    npad = -(-cout // kb.NR) * kb.NR
     b = kb.pad_channels(rng.integers(-9000, 9000, cout).astype(np.int32), npad)
     mult = kb.pad_channels((rng.random(cout) * 2e-3).astype(np.float32), npad)
-    lo, hi = _qrange(rng)
     outs = []
-    for kern in (COMPILED, ref):
-        out = np.empty((m, cout), np.int16)
-        kern.qpointwise_conv(x, wp, b, mult, out, lo, hi, 2)
+    for kern in (COMPILED, ref):  # each with its own weight packing
+        wp = kb.pack_qpointwise(w, kern.qpack())
+        out = np.empty((m, cout), np.int8)
+        kern.qpointwise_conv(x, wp, b, mult, out, zo, lo, hi, 2)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert outs[0].min() >= lo and outs[0].max() <= hi
+
+
+def test_qpack_layouts_round_trip() -> None:
+    w = np.random.default_rng(1).integers(-127, 128, (37, 21)).astype(np.int8)
+    for pack in (2, 4):
+        wp = kb.pack_qpointwise(w, pack)
+        assert wp.shape == (2, -(-37 // pack), 16 * pack)
+        np.testing.assert_array_equal(ref.unpack_qpointwise(wp, 37, 21), w)
 
 
 def test_quantize_family_exact() -> None:
@@ -175,19 +185,19 @@ def test_quantize_family_exact() -> None:
     x[:4] = [0.25, 0.75, -1.25, 1.25]  # x / 0.5 are ties: round half to even
     outs = []
     for kern in (COMPILED, ref):
-        q = np.empty(x.shape, np.int16)
+        q = np.empty(x.shape, np.int8)
         kern.quantize(x, q, 0.5, -3, -128, 127, 2)
         d = np.empty(x.shape, np.float32)
-        kern.dequantize(q, d, 0.5, 2)
-        r = np.empty(x.shape, np.int16)
-        kern.requantize(q, r, 0.37, -100, 90, 2)
-        a = np.empty(x.shape, np.int16)
-        kern.qadd(q, r, a, 0.8, 1.3, -120, 127, 2)
+        kern.dequantize(q, d, 0.5, -3, 2)
+        r = np.empty(x.shape, np.int8)
+        kern.requantize(q, r, 0.37, -3, 5, -100, 90, 2)
+        a = np.empty(x.shape, np.int8)
+        kern.qadd(q, r, a, 0.8, 1.3, -3, 5, -7, -120, 127, 2)
         outs.append((q, d, r, a))
     for u, v in zip(*outs, strict=True):
         np.testing.assert_array_equal(u, v)
     q = outs[0][0]
-    assert list(q[:4]) == [0, 2, -2, 2]
+    assert list(q[:4] + 3) == [0, 2, -2, 2]
     assert np.abs(outs[0][1] - x).max() <= 0.25 + 1e-6  # within half a step (no clipping)
 
 

@@ -52,7 +52,7 @@ class NativeEngine:
         except Exception as exc:  # onnx raises DecodeError and others
             raise ModelError(f"{self.path}: not a readable ONNX model: {exc}") from None
         try:
-            self.program = ops.lower(model.graph)
+            self.program = ops.lower(model.graph, int(self.kern.qpack()))
         except UnsupportedGraph as exc:
             raise UnsupportedGraph(f"{self.path}: {exc}") from None
         self.quantized = self.program.quantized

@@ -20,8 +20,6 @@ from edgecall.engines import native_ops as ops
 from edgecall.engines.native_ops import QParams, Tensor
 from edgecall.errors import UnsupportedGraph
 
-_QRANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
-
 
 @dataclass
 class _PConv:
@@ -61,10 +59,11 @@ class _PAdd:
 class Lowerer:
     """One-shot ONNX graph -> :class:`~edgecall.engines.native_ops.Program` compiler."""
 
-    def __init__(self, graph: Any) -> None:
+    def __init__(self, graph: Any, qpack: int = 2) -> None:
         from onnx import numpy_helper
 
         self.graph = graph
+        self.qpack = qpack
         self.consts: dict[str, np.ndarray] = {
             i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.qconsts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
@@ -99,7 +98,7 @@ class Lowerer:
     def new(self, channels: int, q: QParams | None, layout: str) -> Tensor:
         tid = len(self.channels)
         self.channels[tid] = channels
-        self.dtypes[tid] = np.int16 if q is not None else np.float32
+        self.dtypes[tid] = np.int8 if q is not None else np.float32
         return Tensor(tid, channels, q, layout)
 
     def emit(self, step: ops.Step) -> None:
@@ -121,7 +120,7 @@ class Lowerer:
         if t.q is None:
             return t
         out = self.new(t.channels, None, t.layout)
-        self.emit(ops.DequantizeStep([t.tid], out.tid, scale=t.q.scale))
+        self.emit(ops.DequantizeStep([t.tid], out.tid, scale=t.q.scale, zp=t.q.zp))
         return out
 
     def sole(self, name: str) -> _PConv | _PAdd | None:
@@ -188,12 +187,12 @@ class Lowerer:
         return self._finish_conv(p, out_q)
 
     def _qrange(self, qp: QParams, act: int, lo: float, hi: float) -> tuple[int, int]:
-        """Centered clamp range of ``qp`` narrowed by a ReLU/Clip."""
-        qlo, qhi = qp.lo, qp.hi
+        """Clamp range of ``qp`` narrowed by a ReLU/Clip (Q is monotonic: exact)."""
+        qlo, qhi = qp.qmin, qp.qmax
         if act == ops.ACT_RELU:
-            qlo = max(qlo, 0)
+            qlo = max(qlo, qp.zp)
         elif act == ops.ACT_CLIP:
-            qlo, qhi = max(qlo, qp.centered(lo)), min(qhi, qp.centered(hi))
+            qlo, qhi = max(qlo, qp.quant(lo)), min(qhi, qp.quant(hi))
         return qlo, qhi
 
     def _finish_conv(self, p: _PConv, out_q: QParams | None) -> Tensor:
@@ -236,15 +235,21 @@ class Lowerer:
         sx = np.float32(p.x.q.scale)
         ws = np.broadcast_to(p.ws.astype(np.float32), (cout,))
         bias_scale = sx * ws
-        bias = np.rint(p.b.astype(np.float64) / bias_scale).astype(np.int32)
+        bias = np.rint(p.b.astype(np.float64) / bias_scale).astype(np.int64)
+        # padding is the input zero point, so the zero-point correction is exact
+        bias -= p.x.q.zp * p.wq.astype(np.int64).sum(axis=(1, 2))
+        if np.abs(bias).max(initial=0) >= 2 ** 31:
+            raise self.fail("int8 bias does not fit in int32")
+        bias = bias.astype(np.int32)
         mult = (bias_scale / np.float32(out_q.scale)).astype(np.float32)
         lo, hi = self._qrange(out_q, p.act, p.lo, p.hi)
         out = self.new(cout, out_q, p.layout)
         step = ops.ConvStep([p.x.tid], out.tid, mode=mode, quant=True, ksize=k,
-                            stride=p.stride, p0=p.p0, p1=p.p1, lo=lo, hi=hi)
+                            stride=p.stride, p0=p.p0, p1=p.p1, lo=lo, hi=hi,
+                            zp_in=p.x.q.zp, zo=out_q.zp)
         wq = p.wq.astype(np.int16)
         if mode == "pointwise":
-            step.w = ops.pack_qpointwise(wq[:, :, 0].T)
+            step.w = ops.pack_qpointwise(wq[:, :, 0].T, self.qpack)
             n = step.w.shape[0] * 16
             step.bias, step.mult = ops.pad_channels(bias, n), ops.pad_channels(mult, n)
         else:
@@ -264,7 +269,8 @@ class Lowerer:
                 so = np.float32(out_q.scale)
                 self.emit(ops.QAddStep([p.a.tid, p.b.tid], out.tid,
                                        ra=float(np.float32(p.a.q.scale) / so),
-                                       rb=float(np.float32(p.b.q.scale) / so), lo=lo, hi=hi))
+                                       rb=float(np.float32(p.b.q.scale) / so), za=p.a.q.zp,
+                                       zb=p.b.q.zp, zo=out_q.zp, lo=lo, hi=hi))
                 return out
         a, b = self.as_float(p.a), self.as_float(p.b)
         out = self.new(a.channels, None, layout)
@@ -302,10 +308,10 @@ class Lowerer:
             raise self.fail("quantisation parameters must be constants")
         if scale.size != 1 or zp.size != 1:
             raise self.fail("per-channel activation quantisation is not supported")
-        if zp.dtype not in _QRANGE:
+        if zp.dtype not in (np.int8, np.uint8):
             raise self.fail(f"{zp.dtype} activations are not supported (int8/uint8 only)")
-        qmin, qmax = _QRANGE[zp.dtype]
-        return QParams(float(scale.reshape(())), int(zp.reshape(())), qmin, qmax)
+        shift = 128 if zp.dtype == np.uint8 else 0  # stored as int8: q - 128
+        return QParams(float(scale.reshape(())), int(zp.reshape(())) - shift, -128, 127)
 
     def op_QuantizeLinear(self, n: Any) -> None:
         qp = self._qparams(n)
@@ -320,7 +326,8 @@ class Lowerer:
                 return
             out = self.new(x.channels, qp, x.layout)
             ratio = float(np.float32(x.q.scale) / np.float32(qp.scale))
-            self.emit(ops.RequantizeStep([x.tid], out.tid, ratio=ratio, lo=qp.lo, hi=qp.hi))
+            self.emit(ops.RequantizeStep([x.tid], out.tid, ratio=ratio, zi=x.q.zp, zo=qp.zp,
+                                         lo=qp.qmin, hi=qp.qmax))
         else:
             out = self.new(x.channels, qp, x.layout)
             self.emit(ops.QuantizeStep([x.tid], out.tid, qp=qp))

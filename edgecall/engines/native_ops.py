@@ -1,7 +1,7 @@
 """Lowering an ONNX graph onto edgecall's kernels: tensors, steps, fusion and buffer plans.
 
 Used by :mod:`edgecall.engines.native`. Tensors are physically channels-last
-``[N, F, C]`` (float32, or centered int16 for quantised ones); ``layout``
+``[N, F, C]`` (float32, or int8 with a zero point for quantised ones); ``layout``
 remembers the ONNX logical order (``NCT`` for conv activations, ``NTC`` after the
 final Transpose). Convolutions and Adds are kept *pending* while the next node
 can still be fused into them (BatchNorm, bias, activation, residual Add,
@@ -23,25 +23,21 @@ ACT_NONE, ACT_RELU, ACT_CLIP, ACT_SILU = 0, 1, 2, 3
 
 @dataclass(frozen=True, slots=True)
 class QParams:
-    """Per-tensor activation quantisation (scale, zero point, integer range)."""
+    """Per-tensor activation quantisation (scale, zero point, integer range).
+
+    Stored tensors are int8: uint8 tensors are shifted by -128 (zp and range
+    included), which leaves every QDQ computation unchanged.
+    """
 
     scale: float
     zp: int
     qmin: int
     qmax: int
 
-    @property
-    def lo(self) -> int:
-        return self.qmin - self.zp
-
-    @property
-    def hi(self) -> int:
-        return self.qmax - self.zp
-
-    def centered(self, v: float) -> int:
-        """Centered quantised value of the real number ``v``."""
+    def quant(self, v: float) -> int:
+        """Quantised value of the real number ``v``."""
         q = int(np.rint(np.float32(v) / np.float32(self.scale))) + self.zp
-        return min(max(q, self.qmin), self.qmax) - self.zp
+        return min(max(q, self.qmin), self.qmax)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +88,8 @@ class ConvStep(Step):
     lo: float = 0.0
     hi: float = 0.0
     has_res: bool = False
+    zp_in: int = 0
+    zo: int = 0
 
     def frames(self, f: int) -> int:
         return (f + self.p0 + self.p1 - self.ksize) // self.stride + 1
@@ -104,15 +102,15 @@ class ConvStep(Step):
             x2, o2 = x.reshape(m, x.shape[2]), out.reshape(m, out.shape[2])
             r2 = res.reshape(m, out.shape[2]) if res is not None else None
             if self.quant:
-                k.qpointwise_conv(x2, self.w, self.bias, self.mult, o2, int(self.lo),
+                k.qpointwise_conv(x2, self.w, self.bias, self.mult, o2, self.zo, int(self.lo),
                                   int(self.hi), threads)
             else:
                 k.pointwise_conv(x2, self.w, self.bias, r2, o2, self.act, self.lo, self.hi,
                                  threads)
         elif self.quant:
             fn = k.qdepthwise_conv if self.mode == "depthwise" else k.qconv_generic
-            fn(x, self.w, self.bias, self.mult, out, self.stride, self.p0, int(self.lo),
-               int(self.hi), threads)
+            fn(x, self.w, self.bias, self.mult, out, self.stride, self.p0, self.zp_in, self.zo,
+               int(self.lo), int(self.hi), threads)
         else:
             fn = k.depthwise_conv if self.mode == "depthwise" else k.conv_generic
             fn(x, self.w, self.bias, res, out, self.stride, self.p0, self.act, self.lo,
@@ -136,32 +134,40 @@ class QuantizeStep(Step):
 @dataclass
 class DequantizeStep(Step):
     scale: float = 1.0
+    zp: int = 0
 
     def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
-        k.dequantize(v[self.ins[0]].reshape(-1), v[self.out].reshape(-1), self.scale, threads)
+        k.dequantize(v[self.ins[0]].reshape(-1), v[self.out].reshape(-1), self.scale, self.zp,
+                     threads)
 
 
 @dataclass
 class RequantizeStep(Step):
     ratio: float = 1.0
+    zi: int = 0
+    zo: int = 0
     lo: int = -128
     hi: int = 127
 
     def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
         k.requantize(v[self.ins[0]].reshape(-1), v[self.out].reshape(-1), self.ratio,
-                     self.lo, self.hi, threads)
+                     self.zi, self.zo, self.lo, self.hi, threads)
 
 
 @dataclass
 class QAddStep(Step):
     ra: float = 1.0
     rb: float = 1.0
+    za: int = 0
+    zb: int = 0
+    zo: int = 0
     lo: int = -128
     hi: int = 127
 
     def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
         a, b, out = (v[i].reshape(-1) for i in (*self.ins, self.out))
-        k.qadd(a, b, out, self.ra, self.rb, self.lo, self.hi, threads)
+        k.qadd(a, b, out, self.ra, self.rb, self.za, self.zb, self.zo, self.lo, self.hi,
+               threads)
 
 
 def _apply_act(y: np.ndarray, act: int, lo: float, hi: float) -> None:
@@ -299,8 +305,11 @@ __all__ = ["ACT_CLIP", "ACT_NONE", "ACT_RELU", "ACT_SILU", "ConvStep", "Dequanti
            "pack_pointwise", "pack_qpointwise", "pad_channels"]
 
 
-def lower(graph: Any) -> Program:
-    """Lower an ``onnx.GraphProto`` into a :class:`Program` (see native_lower)."""
+def lower(graph: Any, qpack: int = 2) -> Program:
+    """Lower an ``onnx.GraphProto`` into a :class:`Program` (see native_lower).
+
+    ``qpack`` is the kernel backend's int8 weight packing (``Kernels.qpack()``).
+    """
     from edgecall.engines.native_lower import Lowerer
 
-    return Lowerer(graph).run()
+    return Lowerer(graph, qpack).run()

@@ -64,14 +64,15 @@ static int test_qgemm(int K2) {
 
 static int test_dw(int K, int C) {
     static float xf[64][300], wf[64 * 300], accf[EC_DWR * 300];
-    static int16_t xq[64][300], wq[64 * 300];
+    static int8_t xq[64][300];
+    static int16_t wq[64 * 300];
     static int32_t accq[EC_DWR * 300];
     const float *rf[EC_DWR * 64];
-    const int16_t *rq[EC_DWR * 64];
+    const int8_t *rq[EC_DWR * 64];
     for (int t = 0; t < K + EC_DWR; t++)
         for (int c = 0; c < C; c++) {
             xf[t][c] = (float)rnd(-8, 8) / 4.0f;
-            xq[t][c] = (int16_t)rnd(-255, 255);
+            xq[t][c] = (int8_t)rnd(-128, 127);
         }
     for (int i = 0; i < K * C; i++) {
         wf[i] = (float)rnd(-8, 8) / 8.0f;
@@ -101,20 +102,48 @@ static int test_dw(int K, int C) {
 static int test_requant(int n) {
     int32_t acc[300], bias[300];
     float mult[300];
-    int16_t out[300];
+    int8_t out[300];
     for (int j = 0; j < n; j++) {
         acc[j] = rnd(-100000, 100000);
         bias[j] = rnd(-1000, 1000);
         mult[j] = (float)rnd(1, 1000) * 1e-5f;
     }
     acc[0] = 5; bias[0] = 0; mult[0] = 0.5f;  /* 2.5 -> 2 (ties to even) */
-    ec_requant(acc, bias, mult, out, n, -100, 120);
+    ec_requant(acc, bias, mult, out, n, 0, -100, 120);
     for (int j = 0; j < n; j++) {
         int32_t want = (int32_t)nearbyintf((float)(acc[j] + bias[j]) * mult[j]);
         want = want < -100 ? -100 : (want > 120 ? 120 : want);
         if (out[j] != want) return fail("requant", j, out[j], want);
     }
     return out[0] == 2 ? 0 : fail("requant tie", 0, out[0], 2);
+}
+
+static int test_qgemm_rows(int K, int mr) {
+    /* the driver packs A itself; build the panel in this build's layout */
+    static int8_t x[EC_MR * 300], w8[300 * EC_NR];
+    static int16_t bp16[304 * EC_NR];
+    static int8_t bp8[304 * EC_NR];
+    static int32_t tiles[EC_MR * EC_NR];
+    static int16_t scratch[EC_MR * 304];
+    const int P = EC_QPACK, Kp = (K + P - 1) / P * P;
+    for (int i = 0; i < mr * K; i++) x[i] = (int8_t)rnd(-128, 127);
+    for (int i = 0; i < K * EC_NR; i++) w8[i] = (int8_t)rnd(-127, 127);
+    for (int k = 0; k < Kp; k++)
+        for (int j = 0; j < EC_NR; j++) {
+            int idx = (k / P) * P * EC_NR + j * P + k % P;
+            int v = k < K ? w8[k * EC_NR + j] : 0;
+            bp16[idx] = (int16_t)v;
+            bp8[idx] = (int8_t)v;
+        }
+    const void *bp = P == 4 ? (const void *)bp8 : (const void *)bp16;
+    ec_qgemm_rows(x, K, mr, bp, 1, tiles, scratch);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < EC_NR; j++) {
+            int32_t want = 0;
+            for (int k = 0; k < K; k++) want += x[i * K + k] * w8[k * EC_NR + j];
+            if (tiles[i * EC_NR + j] != want) return fail("qgemm_rows", i * EC_NR + j, tiles[i * EC_NR + j], want);
+        }
+    return 0;
 }
 
 int main(void) {
@@ -125,6 +154,7 @@ int main(void) {
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 5; j++) bad |= test_dw(ks[i], cs[j]);
     for (int n = 1; n <= 40; n += 13) bad |= test_requant(n);
+    for (int K = 1; K <= 130; K += 17) bad |= test_qgemm_rows(K, 1 + K % EC_MR);
     if (!bad) printf("ok %s\n", ec_simd_name());
     return bad;
 }
