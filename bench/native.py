@@ -160,14 +160,14 @@ def gemm_table(threads: int, m: int, k: int, cout: int) -> list[str]:
     w = rng.standard_normal((k, cout), dtype=np.float32)
     b, out = np.zeros(cout, np.float32), np.empty((m, cout), np.float32)
     wp = kb.pack_pointwise(w)
-    xq = rng.integers(-128, 128, (m, k)).astype(np.int16)
-    wq = kb.pack_qpointwise(rng.integers(-127, 128, (k, cout)))
+    xq = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    wq = kb.pack_qpointwise(rng.integers(-127, 128, (k, cout)), qconv.qpack())
     bq, mult = np.zeros(wq.shape[0] * 16, np.int32), np.full(wq.shape[0] * 16, 1e-3, np.float32)
-    oq = np.empty((m, cout), np.int16)
+    oq = np.empty((m, cout), np.int8)
+    qname = "int8 sdot (ours)" if qconv.qpack() == 4 else "int8 pmaddwd/vmlal (ours)"
     runs = {"blocked fp32 (ours)": lambda: conv.pointwise_conv(x, wp, b, None, out, 1, 0, 0,
                                                               threads),
-            "int8 pmaddwd (ours)": lambda: qconv.qpointwise_conv(xq, wq, bq, mult, oq, -128,
-                                                                 127, threads)}
+            qname: lambda: qconv.qpointwise_conv(xq, wq, bq, mult, oq, 0, -128, 127, threads)}
     try:
         ptr = kb.blas_sgemm_pointer()
         runs["BLAS sgemm (scipy)"] = lambda: conv.pointwise_conv_blas(x, w, b, None, out, 1, 0,
