@@ -48,14 +48,23 @@ def remove_stale_temps(output_dir: Path) -> list[Path]:
     return removed
 
 
-def fsync_file(path: Path) -> None:
-    """Flush ``path`` and its folder entry to stable storage."""
+def fsync_file(path: Path, root: Path | None = None) -> None:
+    """Flush ``path`` and the folders holding it (up to ``root``) to stable storage.
+
+    Syncing every folder up to ``root`` also makes newly created mirrored
+    folders survive a power cut, not just the file's own entry.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
+    folder = path.parent
+    while True:
+        fsync_dir(folder)
+        if root is None or folder == root or folder.parent == folder:
+            break
+        folder = folder.parent
 
 
 def fsync_dir(folder: Path) -> None:

@@ -350,7 +350,7 @@ class Service:
             out.parent.mkdir(parents=True, exist_ok=True)
             with self._writer(out, cfg.fmt, self._model_name, cfg.command_line) as writer:
                 self._call_into(src, writer, counters, rel)
-            files.fsync_file(out)
+            files.fsync_file(out, cfg.output)
         except _Abandon as exc:
             self.journal.abandon(rel, str(exc))
             log.warning("%s: abandoned (%s); it stays queued", rel, exc)
