@@ -14,8 +14,11 @@ The queue is the journal on disk, so memory does not grow with the number of
 files waiting. Signal handlers only set a flag and wake the loop: SIGTERM and
 SIGINT abandon the current file at the next read (its temp output is deleted
 and it stays pending) and the process exits 0; SIGHUP forces a rescan. The
-systemd watchdog is pinged from the loop and between reads only, so a hung
-engine stops the pings and systemd restarts the service.
+systemd watchdog is pinged only while work progresses (from the loop between
+reads, and while the engine completes batches inside a long read), so a hung
+engine stops the pings and systemd restarts the service. An unexpected error
+exits 1 for the same reason; the file is retried and quarantined only after
+``max_crashes`` failed attempts.
 """
 
 from __future__ import annotations
