@@ -1,14 +1,18 @@
 /* edgecall kernels: small static inline C helpers (GEMM micro-kernels, epilogues).
  *
- * Every helper has an x86-64 AVX2/FMA path, an aarch64 NEON path and a portable
- * scalar fallback written so that compilers can auto-vectorise it. Layouts:
+ * Every helper has an x86-64 AVX2/FMA path, an aarch64 NEON path (plus sdot on
+ * Armv8.2 dot-product CPUs) and a portable scalar fallback written so that
+ * compilers can auto-vectorise it. Layouts:
  *
  *   fp32 GEMM tile:  C[EC_MR][EC_NR] = sum_k A[row i][k] * Bp[k][j]
  *                    A given as EC_MR row pointers (rows may repeat for tails),
  *                    Bp a packed column panel [K][EC_NR] (zero padded).
- *   int16 GEMM tile: same with int16 A (centered int8 values) and a packed panel
- *                    [K/2][EC_NR][2] of int16 pairs (k, k+1); int32 accumulation.
- *                    A rows must be readable up to an even K (callers pad).
+ *   int8 GEMM:       ec_qgemm_rows() copies an int8 row block (widened to int16
+ *                    unless sdot is used) and runs the int16-pair tile
+ *                    (pmaddwd / vmlal, panel [K/2][EC_NR][2]) or the int8-quad
+ *                    tile (sdot, panel [K/4][EC_NR][4]); int32 accumulation.
+ *   depthwise:       EC_DWR output rows per call, channels innermost.
+ * kernels/selftest/ec_selftest.c checks every path against scalar loops.
  */
 #ifndef EC_SIMD_H
 #define EC_SIMD_H

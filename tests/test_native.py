@@ -309,3 +309,15 @@ def test_int8_decodes_like_onnxruntime_on_real_reads(tmp_path: Path) -> None:
         same += _bases_identical(sa, sb)
     assert total > 1000
     assert same / total >= 0.995, f"only {same / total:.4f} of bases identical"
+
+
+def test_supports(tmp_path: Path, tiny: Path) -> None:
+    from modelkit import make_test_model
+
+    from edgecall.engines.native import supports
+    from edgecall.models import load_card
+
+    card = load_card(make_test_model(tmp_path / "m"))
+    assert supports(card) and not supports(card, "int8")  # no int8 variant
+    (card.folder / "model.onnx").write_bytes(b"not onnx")
+    assert not supports(card)

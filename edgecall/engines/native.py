@@ -34,6 +34,29 @@ from edgecall.models import ModelCard
 log = logging.getLogger(__name__)
 
 
+def supports(card: ModelCard, variant: str = "fp32") -> bool:
+    """True if the native engine can run ``card``'s ``variant`` file.
+
+    For choosing the default engine: lowers the graph once (tens of ms) and
+    returns False on :class:`~edgecall.errors.UnsupportedGraph` or a missing
+    file/variant, so callers can fall back to onnxruntime.
+    """
+    try:
+        import onnx
+
+        path = card.variant_path(variant)
+        graph = onnx.load(str(path)).graph
+    except (ModelError, OSError, ValueError):
+        return False
+    except Exception:  # noqa: BLE001 - protobuf DecodeError and friends: not a model
+        return False
+    try:
+        ops.lower(graph)
+    except UnsupportedGraph:
+        return False
+    return True
+
+
 class NativeEngine:
     """Runs a supported ONNX model with edgecall's compiled kernels."""
 
