@@ -112,3 +112,30 @@ def test_eval_spec_errors(tmp_path: Path) -> None:
         R.load_eval("x=a.pod5", ids=None, max_reads=1)
     with pytest.raises(InputError, match="no such reference"):
         R.load_eval(f"x=a.pod5:{tmp_path / 'none.fa'}", ids=None, max_reads=1)
+
+
+def test_apply_updates_cards_and_default(tmp_path: Path) -> None:
+    from edgecall.models import load_card, verify
+    from tools import cards
+
+    parent = modelkit.make_test_model(tmp_path / "models" / "parent", name="parent")
+    int8 = tmp_path / "q.onnx"
+    int8.write_bytes((parent / "model.onnx").read_bytes())
+    tfl = tmp_path / "m.tflite"
+    tfl.write_bytes(b"tflite bytes")
+    cards.add_variants(parent, {"int8": int8, "tflite": tfl}, report="r.md",
+                       summary={"default_candidate": "ptq"})
+    card = load_card(parent)
+    assert card.variants == {"int8": "model.int8.onnx", "tflite": "model.tflite"}
+    verify(card)  # sha256 of every listed file
+    cards.make_default(parent, int8, name="parent_int8", rows={
+        "technique": "PTQ minmax", "params": 16, "macs_per_sample": 4.0,
+        "identity": {"coded": 0.99}, "parent_identity": 0.995, "onnx_sps": 2e6,
+        "parent_onnx_sps": 1e6, "report": "r.md"})
+    new, old = load_card(tmp_path / "models" / "parent_int8"), load_card(parent)
+    assert new.default and not old.default
+    assert new.file == "model.int8.onnx" and new.raw["compression"]["parent_model"] == "parent"
+    assert new.accuracy["coded"]["median_identity"] == 0.99
+    verify(new)
+    with pytest.raises(Exception, match="no card.toml"):
+        cards.add_variants(tmp_path, {}, report="", summary={})

@@ -346,6 +346,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--work", type=Path, default=Path("/work/cache/compress/variants"))
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/json/png")
+    p.add_argument("--apply", action="store_true",
+                   help="with --card: add the variants to the parent's card and make the "
+                        "fastest INT8 model within 1.0 pp the default (<name>_int8)")
     p.set_defaults(func=run)
 
 
@@ -379,4 +382,39 @@ def run(args: argparse.Namespace) -> int:
     title = f"Compression report: {card.name} from {args.checkpoint.name}"
     paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name)
     print(paths["markdown"].read_text())
+    if args.apply:
+        print(apply(rows, best, args.card, report=str(paths["markdown"]),
+                    eval_set=evals[0].name))
     return 0
+
+
+def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: str,
+          eval_set: str) -> str:
+    """Update the parent's card and install the default INT8 model; returns a summary line."""
+    from tools import cards
+
+    if card_dir is None:
+        raise ValueError("--apply needs --card (the parent model folder to update)")
+    by = {(r.variant, r.format): r for r in rows}
+    parent = by.get(("fp32", "onnx"))
+    files = {k: Path(by[v].path) for k, v in (("int8", ("ptq_minmax", "onnx")),
+                                               ("tflite", ("tflite_fp32", "tflite")),
+                                               ("tflite_int8", ("tflite_int8", "tflite")))
+             if v in by}
+    summary = {"default_candidate": best.variant if best else "none"}
+    cards.add_variants(card_dir, files, report=report, summary=summary)
+    if best is None or parent is None:
+        return f"{card_dir}: variants added; no INT8 model within 1.0 pp: default unchanged"
+    extra = {}
+    if "struct" in best.technique and (Path(best.path).parent / "structured50.onnx").is_file():
+        extra["fp32"] = Path(best.path).parent / "structured50.onnx"
+    if "struct" in best.technique and ("tflite_int8_structured50", "tflite") in by:
+        extra["tflite_int8"] = Path(by[("tflite_int8_structured50", "tflite")].path)
+    name = f"{card_dir.name}_int8"
+    cards.make_default(card_dir, Path(best.path), name=name, extra=extra, rows={
+        "technique": best.technique, "params": best.params,
+        "macs_per_sample": best.macs_per_sample, "identity": best.identity,
+        "parent_identity": parent.identity.get(eval_set, 0.0),
+        "onnx_sps": best.speed.get("onnx", 0.0),
+        "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report})
+    return f"default for {card_dir.name}'s chemistry is now {name} ({best.variant})"

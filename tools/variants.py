@@ -47,6 +47,7 @@ ALL = ("fp32", "unstructured50", "unstructured70", "unstructured85", "unstructur
 QUICK = ("fp32", "unstructured70", "structured50", "ptq_minmax", "qat", "P>D>PTQ",
          "tflite_fp32", "tflite_int8")
 TRAIN_LEN = 1200  # samples per fine-tuning/calibration chunk
+CALIB_CHUNKS = 128  # chunks for PTQ / TFLite INT8 calibration
 
 
 def parent_card(checkpoint: Path, card_dir: Path | None, *, pore: str = "r9.4.1",
@@ -77,6 +78,7 @@ class Builder:
                  work: Path, steps: int, batch: int) -> None:
         self.parent, self.card, self.work = parent.eval(), card, work
         self.chunks = chunks
+        self.calib = np.ascontiguousarray(chunks[:CALIB_CHUNKS, :TRAIN_LEN])
         self.train = np.ascontiguousarray(chunks[:, :TRAIN_LEN])
         self.steps, self.batch = steps, batch
         self.stride = card.stride
@@ -120,13 +122,13 @@ class Builder:
             method = name[4:]
             self._need(fp32)
             excl = first_last(fp32) if method == "mixed" else []
-            out = ptq(fp32, self.work / f"{name}.onnx", self.train,
+            out = ptq(fp32, self.work / f"{name}.onnx", self.calib,
                       method="minmax" if method == "mixed" else method, exclude=excl)
             return [describe(name, f"PTQ {method}" + (" (stem+head fp32)" if excl else ""),
                              "mixed" if excl else "int8", out, self.teacher, self.stride)]
         if name == "qat":
             net = self.qat_net(self.teacher)
-            out = export_qat(net, self.work / "qat.onnx", self.train, length=TRAIN_LEN)
+            out = export_qat(net, self.work / "qat.onnx", self.calib, length=TRAIN_LEN)
             return [describe(name, f"QAT {self.steps}", "int8", out, self.teacher, self.stride)]
         return self._orders_and_tflite(name)
 
@@ -135,11 +137,11 @@ class Builder:
         if name == "P>D>PTQ":
             net = fold(self.pruned("structured", 0.5))
             src = self.onnx("structured50", net)
-            out = ptq(src, self.work / "P_D_PTQ.onnx", self.train)
+            out = ptq(src, self.work / "P_D_PTQ.onnx", self.calib)
             return [describe(name, "struct 50% > distil > PTQ", "int8", out, net, self.stride)]
         if name == "P>D>QAT":
             net = self.qat_net(fold(self.pruned("structured", 0.5)))
-            out = export_qat(net, self.work / "P_D_QAT.onnx", self.train, length=TRAIN_LEN)
+            out = export_qat(net, self.work / "P_D_QAT.onnx", self.calib, length=TRAIN_LEN)
             return [describe(name, "struct 50% > distil > QAT", "int8", out,
                              strip_fake_quant(net), self.stride)]
         if name == "QAT>P>QAT":
@@ -157,7 +159,7 @@ class Builder:
         _load_folded_into(student, net)
         small = fold(remove_channels(student, select_channels(student, 0.5)))
         final = self.qat_net(small)
-        out = export_qat(final, self.work / "QAT_P_QAT.onnx", self.train, length=TRAIN_LEN)
+        out = export_qat(final, self.work / "QAT_P_QAT.onnx", self.calib, length=TRAIN_LEN)
         return describe(name, "QAT > struct 50% > QAT", "int8", out, strip_fake_quant(final),
                         self.stride)
 
@@ -169,7 +171,8 @@ class Builder:
         net = fold(self.pruned("structured", 0.5)) if name.endswith("structured50") \
             else self.teacher
         out = export_tflite(net, self.work / f"{name}.tflite", batch=self.batch,
-                            length=self.card.chunk_size, int8=int8, chunks=self.chunks)
+                            length=self.card.chunk_size, int8=int8,
+                            chunks=self.chunks[:CALIB_CHUNKS // 2])
         tech = ("full-integer " if int8 else "") + ("struct 50% > distil" if
                                                     name.endswith("structured50") else "parent")
         return describe(name, tech, "int8" if int8 else "fp32", out, net, self.stride)
