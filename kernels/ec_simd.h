@@ -310,6 +310,32 @@ static inline void ec_dw_block_f32(const float *const *rows, int K, const float 
                                    float *acc) {
     int c = 0;
 #if defined(EC_HAVE_AVX2)
+    for (; c + 16 <= C; c += 16) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int k = 0; k < K; k++) {
+            const float *r0 = rows[k] + c, *r1 = rows[K + k] + c;
+            const float *r2 = rows[2 * K + k] + c, *r3 = rows[3 * K + k] + c;
+            __m256 wv = _mm256_loadu_ps(w + (size_t)k * C + c);
+            __m256 wu = _mm256_loadu_ps(w + (size_t)k * C + c + 8);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0), wv, a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + 8), wu, b0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1), wv, a1);
+            b1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + 8), wu, b1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2), wv, a2);
+            b2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + 8), wu, b2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3), wv, a3);
+            b3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + 8), wu, b3);
+        }
+        _mm256_storeu_ps(acc + c, a0);
+        _mm256_storeu_ps(acc + c + 8, b0);
+        _mm256_storeu_ps(acc + C + c, a1);
+        _mm256_storeu_ps(acc + C + c + 8, b1);
+        _mm256_storeu_ps(acc + 2 * C + c, a2);
+        _mm256_storeu_ps(acc + 2 * C + c + 8, b2);
+        _mm256_storeu_ps(acc + 3 * C + c, a3);
+        _mm256_storeu_ps(acc + 3 * C + c + 8, b3);
+    }
     for (; c + 8 <= C; c += 8) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int k = 0; k < K; k++) {
