@@ -139,3 +139,8 @@ def test_apply_updates_cards_and_default(tmp_path: Path) -> None:
     verify(new)
     with pytest.raises(Exception, match="no card.toml"):
         cards.add_variants(tmp_path, {}, report="", summary={})
+
+
+def test_no_default_from_an_untrained_parent() -> None:
+    rows = [_row("fp32", "fp32", 0.0, 1e5), _row("a", "int8", 0.0, 2e5)]
+    assert R.choose_default(rows, "ecoli") is None

@@ -302,10 +302,15 @@ def plot(rows: list[Row], path: Path, *, eval_set: str, title: str) -> Path:
     return path
 
 
-def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01) -> Row | None:
-    """Fastest INT8 ONNX row within ``max_drop`` median identity of the FP32 ONNX parent."""
+def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01,
+                   min_parent: float = 0.5) -> Row | None:
+    """Fastest INT8 ONNX row within ``max_drop`` median identity of the FP32 ONNX parent.
+
+    None when no row qualifies or the parent itself is below ``min_parent``
+    identity (an untrained checkpoint makes every variant "within 1 pp").
+    """
     parent = next((r for r in rows if r.variant == "fp32" and r.format == "onnx"), None)
-    if parent is None or eval_set not in parent.identity:
+    if parent is None or parent.identity.get(eval_set, 0.0) < min_parent:
         return None
     ok = [r for r in rows if r.precision in ("int8", "mixed") and r.format == "onnx"
           and r.identity.get(eval_set, 0.0) >= parent.identity[eval_set] - max_drop]
