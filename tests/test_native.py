@@ -158,6 +158,11 @@ def test_fusion_and_buffer_reuse(tiny: Path) -> None:
     first = eng.run(x)
     eng.run(_signal(2, 300, seed=7))
     np.testing.assert_array_equal(eng.run(x), first)  # no state leaks between runs
+    two = NativeEngine(tiny, threads=2)  # batch split over two workers
+    np.testing.assert_allclose(two.run(_signal(5, 300)), eng.run(_signal(5, 300)), atol=1e-6)
+    assert two.run(np.zeros((0, 1, 300), np.float32)).shape == (0, 100, 5)
+    two.close()
+    assert two.run(x).shape == first.shape
 
 
 def test_int8_matches_qdq_reference_exactly(tiny_int8: Path) -> None:

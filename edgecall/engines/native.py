@@ -91,6 +91,12 @@ class NativeEngine:
         """Build the engine for a model card's ``variant`` file (``fp32`` or ``int8``)."""
         return cls(card.variant_path(variant), threads=threads)
 
+    def close(self) -> None:
+        """Stop the worker threads (the engine restarts them if used again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def describe(self) -> str:
         """The lowered program, one step per line (for logs and debugging)."""
         return "\n".join(s.describe() for s in self.program.steps)
