@@ -101,8 +101,9 @@ def extensions() -> list:
     openmp = ["-fopenmp"] if _compiler_accepts(["-fopenmp"]) else []
     cflags = ["-O3", "-ffp-contract=fast", "-fno-math-errno", *arch_flags(), *openmp]
     print(f"edgecall: building kernels with {' '.join(cflags)}", file=sys.stderr)
+    headers = [str(h.relative_to(HERE)) for h in sorted((HERE / "kernels").glob("*.h"))]
     exts = [Extension(f"edgecall._kernels.{src.stem}", [str(src.relative_to(HERE))],
-                      include_dirs=[np.get_include(), str(HERE / "kernels")],
+                      include_dirs=[np.get_include(), str(HERE / "kernels")], depends=headers,
                       extra_compile_args=cflags, extra_link_args=openmp,
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
             for src in sources]
