@@ -359,7 +359,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tools report``."""
-    from tools.variants import build_all, parent_card
+    import platform
+
+    from tools.variants import ACTIVATION, build_all, parent_card
 
     ids = None
     if args.eval_ids:
@@ -380,6 +382,9 @@ def run(args: argparse.Namespace) -> int:
     meta = {"parent": str(args.checkpoint), "card": card.name, "eval sets": ", ".join(
         f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
         "fine-tuning steps per stage": args.steps, "build time s": round(build_s),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "onnx int8 scheme": f"QDQ {'U8S8' if ACTIVATION == 'uint8' else 'S8S8'} (the fast "
+                            "onnxruntime path on this CPU), per-channel symmetric 7-bit weights",
         "speed": f"[{args.batch_size},1,{card.chunk_size}] batches, best of {args.rounds} "
                  f"round-robin passes of {args.seconds}s",
         "default candidate (fastest INT8 within 1.0 pp of FP32)": best.variant if best else

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,14 @@ log = logging.getLogger(__name__)
 
 ALL = ("fp32", "unstructured50", "unstructured70", "unstructured85", "unstructured90",
        "structured30", "structured50", "delayed50", "ptq_minmax", "ptq_percentile",
-       "ptq_entropy", "ptq_mixed", "qat", "P>D>PTQ", "P>D>QAT", "QAT>P>QAT",
+       "ptq_entropy", "ptq_mixed", "ptq_s8s8", "qat", "P>D>PTQ", "P>D>QAT", "QAT>P>QAT",
        "tflite_fp32", "tflite_int8", "tflite_int8_structured50")
 QUICK = ("fp32", "unstructured70", "structured50", "ptq_minmax", "qat", "P>D>PTQ",
          "tflite_fp32", "tflite_int8")
 TRAIN_LEN = 1200  # samples per fine-tuning/calibration chunk
 CALIB_CHUNKS = 128  # chunks for PTQ / TFLite INT8 calibration
+#: onnxruntime's fast int8 path: U8S8 on x86 (S8S8 is slower than FP32 there), S8S8 on ARM
+ACTIVATION = "uint8" if platform.machine().lower() in ("x86_64", "amd64") else "int8"
 
 
 def parent_card(checkpoint: Path, card_dir: Path | None, *, pore: str = "r9.4.1",
@@ -122,13 +125,18 @@ class Builder:
             method = name[4:]
             self._need(fp32)
             excl = first_last(fp32) if method == "mixed" else []
-            out = ptq(fp32, self.work / f"{name}.onnx", self.calib,
-                      method="minmax" if method == "mixed" else method, exclude=excl)
-            return [describe(name, f"PTQ {method}" + (" (stem+head fp32)" if excl else ""),
-                             "mixed" if excl else "int8", out, self.teacher, self.stride)]
+            act = "int8" if method == "s8s8" else ACTIVATION
+            calib = method if method in ("minmax", "percentile", "entropy") else "minmax"
+            out = ptq(fp32, self.work / f"{name}.onnx", self.calib, method=calib, exclude=excl,
+                      activation=act)
+            tech = f"PTQ {calib} {'S8S8' if act == 'int8' else 'U8S8'}" + \
+                (" (stem+head fp32)" if excl else "")
+            return [describe(name, tech, "mixed" if excl else "int8", out, self.teacher,
+                             self.stride)]
         if name == "qat":
             net = self.qat_net(self.teacher)
-            out = export_qat(net, self.work / "qat.onnx", self.calib, length=TRAIN_LEN)
+            out = export_qat(net, self.work / "qat.onnx", self.calib, length=TRAIN_LEN,
+                             activation=ACTIVATION)
             return [describe(name, f"QAT {self.steps}", "int8", out, self.teacher, self.stride)]
         return self._orders_and_tflite(name)
 
@@ -137,11 +145,12 @@ class Builder:
         if name == "P>D>PTQ":
             net = fold(self.pruned("structured", 0.5))
             src = self.onnx("structured50", net)
-            out = ptq(src, self.work / "P_D_PTQ.onnx", self.calib)
+            out = ptq(src, self.work / "P_D_PTQ.onnx", self.calib, activation=ACTIVATION)
             return [describe(name, "struct 50% > distil > PTQ", "int8", out, net, self.stride)]
         if name == "P>D>QAT":
             net = self.qat_net(fold(self.pruned("structured", 0.5)))
-            out = export_qat(net, self.work / "P_D_QAT.onnx", self.calib, length=TRAIN_LEN)
+            out = export_qat(net, self.work / "P_D_QAT.onnx", self.calib, length=TRAIN_LEN,
+                             activation=ACTIVATION)
             return [describe(name, "struct 50% > distil > QAT", "int8", out,
                              strip_fake_quant(net), self.stride)]
         if name == "QAT>P>QAT":
@@ -159,7 +168,8 @@ class Builder:
         _load_folded_into(student, net)
         small = fold(remove_channels(student, select_channels(student, 0.5)))
         final = self.qat_net(small)
-        out = export_qat(final, self.work / "QAT_P_QAT.onnx", self.calib, length=TRAIN_LEN)
+        out = export_qat(final, self.work / "QAT_P_QAT.onnx", self.calib, length=TRAIN_LEN,
+                         activation=ACTIVATION)
         return describe(name, "QAT > struct 50% > QAT", "int8", out, strip_fake_quant(final),
                         self.stride)
 
