@@ -246,10 +246,36 @@ def markdown(rows: list[Row], *, title: str, meta: dict[str, Any]) -> str:
                  *[_fmt(float(r.speed[e])) if e in r.speed else "-"
                    for e in ("onnx", "native", "tflite")]]
         lines.append("| " + " | ".join(cells) + " |")
+    sets_sorted = sets or [""]
+    found = findings(rows, sets_sorted[0])
+    if found:
+        lines += ["", f"Against the FP32 ONNX parent (identity on {sets_sorted[0]}):", *found]
     notes = [f"- {r.variant} ({r.format}): {n}" for r in rows for n in r.notes]
     if notes:
         lines += ["", "Engines that could not run a file:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def findings(rows: list[Row], eval_set: str) -> list[str]:
+    """Plain-language ratios against the FP32 ONNX parent (size vs speed per technique)."""
+    parent = next((r for r in rows if r.variant == "fp32" and r.format == "onnx"), None)
+    if parent is None:
+        return []
+    p_sps = parent.speed.get("onnx", 0.0) or float("nan")
+    p_id = parent.identity.get(eval_set, float("nan"))
+    out = []
+    for r in rows:
+        if r is parent:
+            continue
+        sps = max(r.speed.values(), default=0.0)
+        eng = max(r.speed, key=r.speed.get) if r.speed else "-"
+        out.append(f"- {r.variant} ({r.format}): file {parent.size_kb / r.size_kb:.1f}x smaller "
+                   f"({parent.gzip_kb / r.gzip_kb:.1f}x gzipped), {sps / p_sps:.2f}x the parent's "
+                   f"onnxruntime samples/s (best engine: {eng}), identity "
+                   f"{100 * (r.identity.get(eval_set, float('nan')) - p_id):+.2f} pp")
+        if r.technique.startswith("unstructured") and sps / p_sps < 1.2:
+            out[-1] += " - size (when compressed) but no speed: dense kernels do the same work"
+    return out
 
 
 def parse_markdown(text: str) -> list[dict[str, str]]:
