@@ -340,7 +340,7 @@ def iterative(model: Student, method: str, amounts: list[float], *, chunks: np.n
         # structured amounts are cumulative fractions of the parent's width
         stage = amount
         if method == "structured" and student is not model:
-            done = 1.0 - _width(student) / _width(model)
+            done = 1.0 - mean_width(student) / mean_width(model)
             stage = 1.0 - (1.0 - amount) / max(1e-6, 1.0 - done)
         student = prune(student, method, stage, teacher=teacher, chunks=chunks,
                         steps=steps_per_stage, **kw)  # type: ignore[arg-type]
@@ -349,7 +349,7 @@ def iterative(model: Student, method: str, amounts: list[float], *, chunks: np.n
     return student
 
 
-def _width(model: Student) -> float:
+def mean_width(model: Student) -> float:
     """Mean channel width over all spaces."""
     return float(np.mean([model.get_submodule(s.producer).out_channels for s in spaces(model)]))
 

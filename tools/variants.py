@@ -35,7 +35,7 @@ from tools.compress import (
     load_student,
     macs_per_sample,
 )
-from tools.prune import prune
+from tools.prune import mean_width, prune
 from tools.quantize import export_qat, first_last, ptq, qat, strip_fake_quant
 from tools.report import ModelFile
 
@@ -49,6 +49,7 @@ QUICK = ("fp32", "unstructured70", "structured50", "ptq_minmax", "qat", "P>D>PTQ
          "tflite_fp32", "tflite_int8")
 TRAIN_LEN = 1200  # samples per fine-tuning/calibration chunk
 CALIB_CHUNKS = 128  # chunks for PTQ / TFLite INT8 calibration
+ITERATE_FROM = 0.3  # structured pruning beyond this goes through the 30 % student
 #: onnxruntime's fast int8 path: U8S8 on x86 (S8S8 is slower than FP32 there), S8S8 on ARM
 ACTIVATION = "uint8" if platform.machine().lower() in ("x86_64", "amd64") else "int8"
 
@@ -99,7 +100,12 @@ class Builder:
         if key not in self._pruned:
             log.info("pruning %s %.2f, %d steps", method, amount, self.steps)
             steps = self.steps * (2 if method == "delayed" else 1)
-            self._pruned[key] = prune(self.parent, method, amount, teacher=self.parent,
+            start, stage = self.parent, amount
+            if method == "structured" and amount > ITERATE_FROM:
+                # iterative: prune -> distil to 30 %, then -> distil to ``amount``
+                start = self.pruned("structured", ITERATE_FROM)
+                stage = 1.0 - (1.0 - amount) * mean_width(self.parent) / mean_width(start)
+            self._pruned[key] = prune(start, method, stage, teacher=self.parent,
                                       chunks=self.train, steps=steps, batch_size=self.batch)
         return self._pruned[key]
 
@@ -120,6 +126,8 @@ class Builder:
             net = fold(self.pruned(method, amount))
             steps = self.steps * (2 if method == "delayed" else 1)
             tech = f"{method} {int(amount * 100)}% + distil {steps}"
+            if method == "structured" and amount > ITERATE_FROM:
+                tech = f"structured 30% > distil > {int(amount * 100)}% > distil ({steps} each)"
             return [describe(name, tech, "fp32", self.onnx(name, net), net, self.stride)]
         if name.startswith("ptq_"):
             method = name[4:]
