@@ -251,7 +251,7 @@ def group_norms(model: Student) -> dict[int, torch.Tensor]:
 
 
 def delayed_masking(model: Student, teacher: nn.Module, chunks: np.ndarray, amount: float, *,
-                    steps: int, strength: float = 1e-3, delay: float = 0.2, ramp: float = 0.3,
+                    steps: int, strength: float = 2e-4, delay: float = 0.2, ramp: float = 0.3,
                     multiple: int = 4, batch_size: int = 16, lr: float = 5e-4) -> Student:
     """Group-lasso penalty ramped in, then channels masked, fine-tuned and removed.
 
