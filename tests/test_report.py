@@ -97,7 +97,10 @@ def test_measure_writes_report(tmp_path: Path, tiny_model: Path) -> None:
     assert rows[0].agreement == 1.0 and rows[1].agreement > 0.9
     assert rows[0].speed["onnx"] > 0 and rows[1].speed["onnx"] > 0
     assert rows[1].size_kb > 0 and not math.isnan(rows[1].gzip_kb)
-    paths = R.write_outputs(rows, tmp_path / "out", title="t", meta={}, eval_set="coded")
+    sens = [{"node": "Conv_0", "kl": 0.01, "label_agreement": 0.99}]
+    paths = R.write_outputs(rows, tmp_path / "out", title="t", meta={}, eval_set="coded",
+                            sensitivity=sens)
+    assert "| Conv_0 | 0.01 | 0.9900 |" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     table = R.parse_markdown(paths["markdown"].read_text())
     assert [r["variant"] for r in table] == ["fp32", "ptq"]

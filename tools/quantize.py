@@ -182,7 +182,8 @@ def ptq(model: str | Path, out: str | Path, chunks: np.ndarray, *, method: str =
 
 
 def sensitivity(model: str | Path, chunks: np.ndarray, *, method: str = "minmax",
-                eval_chunks: np.ndarray | None = None) -> list[dict[str, Any]]:
+                eval_chunks: np.ndarray | None = None,
+                activation: str = "int8") -> list[dict[str, Any]]:
     """Quantise each Conv alone; how far its output posteriors move from FP32.
 
     Returns one dict per Conv node (graph order): ``node``, ``kl``, ``max_abs``,
@@ -195,7 +196,8 @@ def sensitivity(model: str | Path, chunks: np.ndarray, *, method: str = "minmax"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, node in enumerate(conv_nodes(src)):
-            q = ptq(src, Path(tmp) / f"q{i}.onnx", chunks, method=method, only=[node])
+            q = ptq(src, Path(tmp) / f"q{i}.onnx", chunks, method=method, only=[node],
+                    activation=activation)
             rows.append({"node": node, **compare(ref, run_onnx(q, held))})
             log.info("sensitivity %s: %s", node, rows[-1])
     return rows

@@ -280,7 +280,12 @@ def findings(rows: list[Row], eval_set: str) -> list[str]:
 
 def parse_markdown(text: str) -> list[dict[str, str]]:
     """Rows of the report table as dicts keyed by header (the inverse of :func:`markdown`)."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    lines: list[str] = []
+    for ln in text.splitlines():  # the first contiguous table only
+        if ln.startswith("|"):
+            lines.append(ln)
+        elif lines:
+            break
     if len(lines) < 2:
         raise ValueError("no Markdown table found")
     head = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -343,14 +348,28 @@ def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01,
     return max(ok, key=lambda r: r.speed.get("onnx", 0.0), default=None)
 
 
+def sensitivity_markdown(sens: list[dict[str, Any]]) -> str:
+    """The per-conv INT8 sensitivity as a Markdown section."""
+    lines = ["", "Per-layer INT8 sensitivity of the parent (each conv quantised alone, "
+             "KL of the posteriors from FP32 and frame agreement on held chunks):", "",
+             "| conv | KL | frame agreement |", "|---|---|---|"]
+    lines += [f"| {r['node']} | {r['kl']:.3g} | {r['label_agreement']:.4f} |" for r in sens]
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(rows: list[Row], out: Path, *, title: str, meta: dict[str, Any],
-                  eval_set: str) -> dict[str, Path]:
+                  eval_set: str, sensitivity: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Path]:
     """Write report.md, report.json and pareto.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
-    md.write_text(markdown(rows, title=title, meta=meta))
+    text = markdown(rows, title=title, meta=meta)
+    if sensitivity:
+        text += sensitivity_markdown(sensitivity)
+    md.write_text(text)
     js = out / "report.json"
-    js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
+                              "sensitivity": sensitivity or []}, indent=1))
     png = plot(rows, out / "pareto.png", eval_set=eval_set, title=title)
     return {"markdown": md, "json": js, "plot": png}
 
@@ -377,6 +396,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--work", type=Path, default=Path("/work/cache/compress/variants"))
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/json/png")
+    p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
+                   help="skip the per-conv INT8 sensitivity section")
     p.add_argument("--apply", action="store_true",
                    help="with --card: add the variants to the parent's card and make the "
                         "fastest INT8 model within 1.0 pp the default (<name>_int8)")
@@ -402,6 +423,13 @@ def run(args: argparse.Namespace) -> int:
                               steps=args.steps, which=args.variants, exclude=exclude,
                               threads=args.threads, batch=args.batch_size)
     build_s = time.time() - t0
+    sens = None
+    fp32 = next(f.path for f in files if f.variant == "fp32" and f.path.suffix == ".onnx")
+    if args.sensitivity:
+        from tools.quantize import sensitivity
+
+        held = chunks[32:48, :1200] if len(chunks) >= 40 else None
+        sens = sensitivity(fp32, chunks[:32, :1200], eval_chunks=held, activation=ACTIVATION)
     rows = measure(files, card, evals, chunks[: args.batch_size], threads=args.threads,
                    seconds=args.seconds, rounds=args.rounds, batch_size=args.batch_size)
     best = choose_default(rows, evals[0].name)
@@ -416,7 +444,8 @@ def run(args: argparse.Namespace) -> int:
         "default candidate (fastest INT8 within 1.0 pp of FP32)": best.variant if best else
         "none qualifies"}
     title = f"Compression report: {card.name} from {args.checkpoint.name}"
-    paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name)
+    paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name,
+                          sensitivity=sens)
     print(paths["markdown"].read_text())
     if args.apply:
         print(apply(rows, best, args.card, report=str(paths["markdown"]),
