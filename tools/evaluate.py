@@ -81,11 +81,14 @@ def bam_references(bam: Path) -> dict[str, str]:
     return refs
 
 
+_READ_IDS: set[str] | None = None  # set by evaluate(read_ids=...)
+
+
 def _iter_reads(paths: list[Path], max_reads: int | None) -> Iterator:
     """Reads (``edgecall.types.Read``) of pod5 files/folders."""
     from edgecall.io.reader import find_pod5, iter_reads
 
-    for item in iter_reads(find_pod5(paths), max_reads=max_reads):
+    for item in iter_reads(find_pod5(paths), max_reads=max_reads, read_ids=_READ_IDS):
         if hasattr(item, "signal"):
             yield item
         else:
@@ -148,8 +151,15 @@ def call_with_teacher(spec: str, paths: list[Path],
 
 def evaluate(model: str, paths: list[Path], reference: Path | None = None,
              bam: Path | None = None, threads: int = 2,
-             max_reads: int | None = None) -> dict:
-    """Basecall ``paths`` with ``model`` and summarise identity against the reference."""
+             max_reads: int | None = None, read_ids: set[str] | None = None,
+             dataset: str = "") -> dict:
+    """Basecall ``paths`` with ``model`` and summarise identity against the reference.
+
+    ``read_ids`` restricts the reads (e.g. a held-out split); ``dataset`` names
+    the result for the model card.
+    """
+    global _READ_IDS
+    _READ_IDS = read_ids
     t0 = time.time()
     if model.startswith("teacher:"):
         seqs, samples = call_with_teacher(model, paths, max_reads)
@@ -171,7 +181,7 @@ def evaluate(model: str, paths: list[Path], reference: Path | None = None,
     else:
         raise ValueError("give --reference FASTA or --bam")
     out = summarise(ids, sum(len(s) for s in seqs.values()))
-    out.update({"model": model, "data": [str(p) for p in paths],
+    out.update({"model": model, "dataset": dataset, "data": [str(p) for p in paths],
                 "reference": str(bam or reference), "samples": samples,
                 "wall_s": round(wall, 2), "samples_per_s": round(samples / max(wall, 1e-9)),
                 "per_read": {k: (round(v, 5) if v is not None else None)
@@ -189,6 +199,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bam", type=Path, default=None, help="MD-tagged BAM: per-read references")
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.add_argument("--max-reads", type=int, default=None)
+    p.add_argument("--read-ids", type=Path, default=None,
+                   help="file with one read id per line: evaluate only those")
+    p.add_argument("--dataset", default="", help="name of this evaluation in the card")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run)
 
@@ -201,8 +214,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     except ImportError:  # the device install has no torch; the ONNX path needs none
         pass
+    ids = None
+    if args.read_ids is not None:
+        ids = {line.strip() for line in args.read_ids.read_text().split("\n") if line.strip()}
     res = evaluate(args.model, list(args.data), args.reference, args.bam, args.threads,
-                   args.max_reads)
+                   args.max_reads, ids, args.dataset)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_read"}, indent=1))

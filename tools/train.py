@@ -320,7 +320,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         step += 1
-        run_loss += float(loss)
+        run_loss += float(loss.detach())
         run_ctc += ctc
         run_kd += kd
         run_n += 1
