@@ -215,8 +215,13 @@ def _speeds(files: list[ModelFile], rows: list[Row], chunks: np.ndarray, *, thre
             except Exception as exc:  # noqa: BLE001 - any refusal is reported per row
                 rows[i].notes.append(f"{name}: {str(exc).splitlines()[0][:80]}")
     for _ in range(rounds):
-        for (i, name), eng in engines.items():
-            sps = bench(eng, batch, seconds)
+        for (i, name), eng in list(engines.items()):
+            try:
+                sps = bench(eng, batch, seconds)
+            except Exception as exc:  # noqa: BLE001 - an engine failing is a table note
+                rows[i].notes.append(f"{name}: {str(exc).splitlines()[0][:80]}")
+                del engines[(i, name)]
+                continue
             rows[i].speed[name] = max(rows[i].speed.get(name, 0.0), round(sps))
 
 
