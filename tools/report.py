@@ -438,7 +438,12 @@ def run(args: argparse.Namespace) -> int:
     rows = measure(files, card, evals, chunks[: args.batch_size], threads=args.threads,
                    seconds=args.seconds, rounds=args.rounds, batch_size=args.batch_size)
     best = choose_default(rows, evals[0].name)
-    meta = {"parent": str(args.checkpoint), "card": card.name, "eval sets": ", ".join(
+    from tools.compress import load_student
+
+    ck = load_student(args.checkpoint)[1]
+    meta = {"parent": str(args.checkpoint), "checkpoint": (
+        f"step {ck.get('step', '?')}, {float(ck.get('elapsed', 0)) / 60:.0f} min of training, "
+        f"skip scale {ck.get('skip_scale', '?')}"), "card": card.name, "eval sets": ", ".join(
         f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
         "fine-tuning steps per stage": args.steps, "build time s": round(build_s),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
