@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 NR = 16  # GEMM panel width; must match EC_NR in kernels/ec_simd.h
 _NAMES = {
-    "conv": ("conv_generic", "depthwise_conv", "pointwise_conv"),
+    "conv": ("conv_generic", "depthwise_conv", "pointwise_conv", "stem_conv"),
     "qconv": ("qpack", "quantize", "dequantize", "requantize", "qadd", "qconv_generic",
-              "qdepthwise_conv", "qpointwise_conv"),
+              "qdepthwise_conv", "qpointwise_conv", "qstem_conv"),
     "ctc": ("greedy", "beam_search"),
 }
 

@@ -77,6 +77,14 @@ def pointwise_conv(x, wp, bias, res, out, act, lo, hi, threads):  # noqa: ANN001
     out[...] = _epilogue(acc, np.asarray(bias)[:out.shape[1]], res, act, lo, hi)
 
 
+def stem_conv(x, wp, bias, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+    """1-channel conv (the stem): ``x`` [N, T], ``wp`` packed ``[K, Cout]``."""
+    cout = out.shape[2]
+    w = unpack_pointwise(np.asarray(wp), wp.shape[1], cout)  # [K, Cout]
+    conv_generic(np.asarray(x)[:, :, None], np.ascontiguousarray(w[None, :, None, :]),
+                 np.asarray(bias)[:cout], None, out, stride, pad, act, lo, hi, threads)
+
+
 # ---- int8 -----------------------------------------------------------------
 
 
@@ -144,6 +152,15 @@ def unpack_qpointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
     p = width // NR
     w = wp.reshape(nb, kq, NR, p).transpose(1, 3, 0, 2).reshape(kq * p, nb * NR)
     return np.ascontiguousarray(w[:k, :cout])
+
+
+def qstem_conv(x, wp, ksize, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+    """1-channel int8 conv (the stem): ``x`` [N, T], ``wp`` packed ``[ksize, Cout]``."""
+    cout = out.shape[2]
+    w = unpack_qpointwise(np.asarray(wp), ksize, cout).astype(np.int16)
+    qconv_generic(np.asarray(x)[:, :, None], np.ascontiguousarray(w[None, :, None, :]),
+                  np.asarray(bias)[:cout], np.asarray(mult)[:cout], out, stride, pad, zp_in,
+                  zo, lo, hi, threads)
 
 
 def qpointwise_conv(x, wp, bias, mult, out, zo, lo, hi, threads):  # noqa: ANN001

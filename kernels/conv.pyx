@@ -146,6 +146,57 @@ def pointwise_conv(const float[:, ::1] x, const float[:, :, ::1] wp, const float
         free(tile)
 
 
+def stem_conv(const float[:, ::1] x, const float[:, :, ::1] wp, const float[::1] bias,
+              float[:, :, ::1] out, int stride, int pad, int act, float lo, float hi,
+              int threads):
+    """1-channel input conv (the stem) as a GEMM over overlapping signal windows.
+
+    ``x`` is ``[N, T]``; ``wp`` the ``[K, Cout]`` weight packed like
+    :func:`pointwise_conv`; zero padding.
+    """
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], To = out.shape[1], Cout = out.shape[2]
+    cdef Py_ssize_t K = wp.shape[1], NB = wp.shape[0], nblk = (To + EC_MR - 1) // EC_MR
+    if wp.shape[2] != EC_NR or NB * EC_NR < Cout or bias.shape[0] < NB * EC_NR:
+        raise ValueError("stem_conv: shape mismatch")
+    cdef Py_ssize_t L = (To + EC_MR) * stride + K + pad + T + 8  # padded signal buffer
+    cdef Py_ssize_t job, n, t0, mr, jb, i, ncol, j
+    cdef Py_ssize_t *cur
+    cdef float *xp
+    cdef float *tile
+    cdef const float **a
+    cdef const float *wb = &wp[0, 0, 0]
+    cdef float *ob = &out[0, 0, 0]
+    if N == 0 or To == 0:
+        return
+    with nogil, parallel(num_threads=threads):
+        xp = <float *>calloc(L, sizeof(float))
+        tile = <float *>malloc(EC_MR * EC_NR * sizeof(float))
+        a = <const float **>malloc(EC_MR * sizeof(float *))
+        cur = <Py_ssize_t *>malloc(sizeof(Py_ssize_t))
+        cur[0] = -1  # the sequence currently copied into xp (per thread)
+        for job in prange(N * nblk, schedule="static"):
+            n = job // nblk
+            if cur[0] != n:
+                cur[0] = n
+                for j in range(T):
+                    xp[pad + j] = x[n, j]
+            t0 = (job % nblk) * EC_MR
+            mr = min(EC_MR, To - t0)
+            for i in range(EC_MR):
+                a[i] = xp + (t0 + min(i, mr - 1)) * stride
+            for jb in range(NB):
+                ec_sgemm_tile(a, wb + jb * K * EC_NR, <int>K, tile)
+                ncol = min(EC_NR, Cout - jb * EC_NR)
+                for i in range(mr):
+                    ec_epilogue_f32(&tile[i * EC_NR], &bias[jb * EC_NR], NULL,
+                                    ob + (n * To + t0 + i) * Cout + jb * EC_NR, <int>ncol, act,
+                                    lo, hi)
+        free(xp)
+        free(tile)
+        free(a)
+        free(cur)
+
+
 ctypedef void (*sgemm_t)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
                          float *a, int *lda, float *b, int *ldb, float *beta, float *c,
                          int *ldc) noexcept nogil

@@ -266,13 +266,14 @@ static inline void ec_qgemm_tile_s8(const int8_t *const *a, const int8_t *bp, in
 #define EC_QPACK 2  /* int16 pairs for pmaddwd / vmlal */
 #endif
 
-/* int8 GEMM for one block of up to EC_MR rows of x [M, K] (row stride K):
+/* int8 GEMM for one block of up to EC_MR rows of x (row stride lda, K columns;
+ * lda < K gives the overlapping im2col rows of a 1-channel stem conv):
  * copies (and on the int16 path widens) the rows into ``scratch`` padded to a
  * multiple of EC_QPACK, then writes NB tiles [EC_MR][EC_NR] into ``tiles``.
  * ``bp`` holds NB panels of Kp * EC_NR elements (int16 pairs or int8 quads).
  * ``scratch`` needs EC_MR * (K + 4) * 2 bytes. */
-static inline void ec_qgemm_rows(const int8_t *x, int K, int mr, const void *bp, int NB,
-                                 int32_t *tiles, void *scratch) {
+static inline void ec_qgemm_rows(const int8_t *x, int lda, int K, int mr, const void *bp,
+                                 int NB, int32_t *tiles, void *scratch) {
     const int Kp = (K + EC_QPACK - 1) / EC_QPACK * EC_QPACK;
 #if EC_QPACK == 4
     int8_t *buf = (int8_t *)scratch;
@@ -282,7 +283,7 @@ static inline void ec_qgemm_rows(const int8_t *x, int K, int mr, const void *bp,
     const int16_t *rows[EC_MR];
 #endif
     for (int i = 0; i < EC_MR; i++) {
-        const int8_t *src = x + (size_t)(i < mr ? i : mr - 1) * K;
+        const int8_t *src = x + (size_t)(i < mr ? i : mr - 1) * lda;
         for (int k = 0; k < K; k++) buf[i * Kp + k] = src[k];
         for (int k = K; k < Kp; k++) buf[i * Kp + k] = 0;
         rows[i] = buf + i * Kp;

@@ -31,8 +31,8 @@ cdef extern from "ec_simd.h" nogil:
     int ec_qpack()
     void ec_requant(const int32_t *acc, const int32_t *bias, const float *mult, int8_t *out,
                     int n, int32_t zo, int32_t lo, int32_t hi)
-    void ec_qgemm_rows(const int8_t *x, int K, int mr, const void *bp, int NB, int32_t *tiles,
-                       void *scratch)
+    void ec_qgemm_rows(const int8_t *x, int lda, int K, int mr, const void *bp, int NB,
+                       int32_t *tiles, void *scratch)
     void ec_dw_block_q(const int8_t *const *rows, int K, const int16_t *w, int C,
                        int32_t *acc)
 
@@ -157,18 +157,73 @@ def qdepthwise_conv(const int8_t[:, :, ::1] x, const int16_t[:, ::1] w,
         free(padrow)
 
 
+cdef const int8_t[::1] _packed(wp, Py_ssize_t K, Py_ssize_t Cout, Py_ssize_t nbias):
+    """Validate a packed int8 weight for this build; its bytes."""
+    cdef int P = ec_qpack()
+    cdef Py_ssize_t Kp = (K + P - 1) // P * P
+    if wp.ndim != 3 or wp.shape[1] * wp.shape[2] != Kp * EC_NR or wp.shape[0] * EC_NR < Cout \
+            or wp.dtype != (np.int8 if P == 4 else np.int16) or nbias < wp.shape[0] * EC_NR:
+        raise ValueError("packed int8 weight: shape/packing mismatch")
+    return np.ascontiguousarray(wp).reshape(-1).view(np.int8)
+
+
+def qstem_conv(const int8_t[:, ::1] x, wp, int ksize, const int32_t[::1] bias,
+               const float[::1] mult, int8_t[:, :, ::1] out, int stride, int pad, int zp_in,
+               int zo, int lo, int hi, int threads):
+    """1-channel input conv (the stem) as a GEMM over overlapping signal windows.
+
+    ``x`` is ``[N, T]``; ``wp`` the ``[ksize, Cout]`` weight packed like
+    :func:`qpointwise_conv`; padding is ``zp_in``.
+    """
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], To = out.shape[1], Cout = out.shape[2]
+    cdef const int8_t[::1] wbytes = _packed(wp, ksize, Cout, min(bias.shape[0], mult.shape[0]))
+    cdef Py_ssize_t NB = wp.shape[0], nblk = (To + EC_MR - 1) // EC_MR
+    cdef Py_ssize_t L = (To + EC_MR) * stride + ksize + pad + T + 8  # padded signal buffer
+    cdef Py_ssize_t job, n, t0, mr, jb, i, ncol, j
+    cdef Py_ssize_t *cur
+    cdef int8_t *xp
+    cdef int32_t *tiles
+    cdef void *scratch
+    cdef const void *wb = &wbytes[0]
+    cdef int8_t *ob = &out[0, 0, 0]
+    if N == 0 or To == 0:
+        return
+    with nogil, parallel(num_threads=threads):
+        xp = <int8_t *>malloc(L)
+        tiles = <int32_t *>malloc(NB * EC_MR * EC_NR * sizeof(int32_t))
+        scratch = malloc(EC_MR * (ksize + 4) * 2)
+        cur = <Py_ssize_t *>malloc(sizeof(Py_ssize_t))
+        cur[0] = -1  # the sequence currently copied into xp (per thread)
+        for job in prange(N * nblk, schedule="static"):
+            n = job // nblk
+            if cur[0] != n:  # copy the sequence, padded with the zero point
+                cur[0] = n
+                memset(xp, <int8_t>zp_in, L)
+                for j in range(T):
+                    xp[pad + j] = x[n, j]
+            t0 = (job % nblk) * EC_MR
+            mr = min(EC_MR, To - t0)
+            ec_qgemm_rows(xp + t0 * stride, stride, ksize, <int>mr, wb, <int>NB, tiles, scratch)
+            for jb in range(NB):
+                ncol = min(EC_NR, Cout - jb * EC_NR)
+                for i in range(mr):
+                    ec_requant(&tiles[(jb * EC_MR + i) * EC_NR], &bias[jb * EC_NR],
+                               &mult[jb * EC_NR], ob + (n * To + t0 + i) * Cout + jb * EC_NR,
+                               <int>ncol, zo, lo, hi)
+        free(xp)
+        free(tiles)
+        free(scratch)
+        free(cur)
+
+
 def qpointwise_conv(const int8_t[:, ::1] x, wp, const int32_t[::1] bias,
                     const float[::1] mult, int8_t[:, ::1] out, int zo, int lo, int hi,
                     int threads):
     """Int8 1x1 conv as GEMM; ``wp`` from ``kernels_backend.pack_qpointwise(w, qpack())``."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], Cout = out.shape[1]
-    cdef int P = ec_qpack()
-    cdef Py_ssize_t Kp = (K + P - 1) // P * P
-    if wp.ndim != 3 or wp.shape[1] * wp.shape[2] != Kp * EC_NR or wp.shape[0] * EC_NR < Cout \
-            or wp.dtype != (np.int8 if P == 4 else np.int16) or out.shape[0] != M \
-            or bias.shape[0] < wp.shape[0] * EC_NR or mult.shape[0] < wp.shape[0] * EC_NR:
-        raise ValueError("qpointwise_conv: shape/packing mismatch")
-    cdef const int8_t[::1] wbytes = np.ascontiguousarray(wp).reshape(-1).view(np.int8)
+    if out.shape[0] != M:
+        raise ValueError("qpointwise_conv: shape mismatch")
+    cdef const int8_t[::1] wbytes = _packed(wp, K, Cout, min(bias.shape[0], mult.shape[0]))
     cdef Py_ssize_t NB = wp.shape[0]
     cdef Py_ssize_t nblk = (M + EC_MR - 1) // EC_MR
     cdef Py_ssize_t blk, i, m0, mr, jb, ncol
@@ -185,7 +240,7 @@ def qpointwise_conv(const int8_t[:, ::1] x, wp, const int32_t[::1] bias,
         for blk in prange(nblk, schedule="static"):
             m0 = blk * EC_MR
             mr = min(EC_MR, M - m0)
-            ec_qgemm_rows(xb + m0 * K, <int>K, <int>mr, wb, <int>NB, tiles, scratch)
+            ec_qgemm_rows(xb + m0 * K, <int>K, <int>K, <int>mr, wb, <int>NB, tiles, scratch)
             for jb in range(NB):
                 ncol = min(EC_NR, Cout - jb * EC_NR)
                 for i in range(mr):

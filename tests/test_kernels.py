@@ -97,6 +97,45 @@ def test_pointwise_matches_reference(m: int, k: int, cout: int) -> None:
             np.testing.assert_allclose(outs[0], x @ w + b[:cout], rtol=1e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_stem_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(500 + seed)
+    n, t, cout = int(rng.integers(1, 4)), int(rng.integers(1, 200)), int(rng.integers(1, 40))
+    k, stride = int(rng.choice([1, 3, 15, 16])), int(rng.integers(1, 5))
+    pad = int(rng.integers(0, k))
+    to = _t_out(t, k, stride, pad)
+    if to < 1:
+        pytest.skip("empty output")
+    x = rng.standard_normal((n, t), dtype=np.float32)
+    w = rng.standard_normal((k, cout), dtype=np.float32)
+    wp = kb.pack_pointwise(w)
+    b = kb.pad_channels(rng.standard_normal(cout, dtype=np.float32), wp.shape[0] * kb.NR)
+    outs = []
+    for kern in (COMPILED, ref):
+        out = np.empty((n, to, cout), np.float32)
+        kern.stem_conv(x, wp, b, out, stride, pad, 1, 0.0, 0.0, 2)
+        outs.append(out)
+    generic = np.empty_like(outs[0])
+    ref.conv_generic(x[:, :, None], w[None, :, None, :].copy(), b[:cout], None, generic, stride,
+                     pad, 1, 0.0, 0.0, 1)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs[0], generic, rtol=1e-4, atol=1e-4)
+    # int8: the same through qstem_conv, each backend with its own packing
+    xq = rng.integers(-128, 128, (n, t)).astype(np.int8)
+    wq = rng.integers(-127, 128, (k, cout)).astype(np.int8)
+    npad = wp.shape[0] * kb.NR
+    bq = kb.pad_channels(rng.integers(-3000, 3000, cout).astype(np.int32), npad)
+    mult = kb.pad_channels((rng.random(cout) * 1e-2).astype(np.float32), npad)
+    zp_in, zo, lo, hi = _qparams(rng)
+    qouts = []
+    for kern in (COMPILED, ref):
+        out = np.empty((n, to, cout), np.int8)
+        kern.qstem_conv(xq, kb.pack_qpointwise(wq, kern.qpack()), k, bq, mult, out, stride, pad,
+                        zp_in, zo, lo, hi, 2)
+        qouts.append(out)
+    np.testing.assert_array_equal(qouts[0], qouts[1])
+
+
 def test_pointwise_blas_variant_agrees() -> None:
     pytest.importorskip("scipy")
     rng = np.random.default_rng(5)

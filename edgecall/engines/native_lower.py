@@ -203,6 +203,8 @@ class Lowerer:
         mode = "generic"
         if k == 1 and p.group == 1 and p.stride == 1 and p.p0 == 0 and p.p1 == 0:
             mode = "pointwise"
+        elif cin == 1 and p.group == 1 and p.res is None:
+            mode = "stem"  # GEMM over overlapping signal windows
         elif p.group == cin == cout and cig == 1:
             mode = "depthwise"
         quant = out_q is not None and p.quantizable and p.act != ops.ACT_SILU
@@ -216,8 +218,8 @@ class Lowerer:
         step = ops.ConvStep(ins, out.tid, mode=mode, ksize=k, stride=p.stride, p0=p.p0,
                             p1=p.p1, act=p.act, lo=p.lo, hi=p.hi, has_res=p.res is not None)
         w = p.w.astype(np.float32)
-        if mode == "pointwise":
-            step.w = ops.pack_pointwise(w[:, :, 0].T)
+        if mode in ("pointwise", "stem"):
+            step.w = ops.pack_pointwise(w[:, :, 0].T if mode == "pointwise" else w[:, 0, :].T)
             step.bias = ops.pad_channels(p.b.astype(np.float32), step.w.shape[0] * 16)
         else:
             step.w = _conv_layout(w, p.group, mode)
@@ -248,8 +250,9 @@ class Lowerer:
                             stride=p.stride, p0=p.p0, p1=p.p1, lo=lo, hi=hi,
                             zp_in=p.x.q.zp, zo=out_q.zp)
         wq = p.wq.astype(np.int16)
-        if mode == "pointwise":
-            step.w = ops.pack_qpointwise(wq[:, :, 0].T, self.qpack)
+        if mode in ("pointwise", "stem"):
+            step.w = ops.pack_qpointwise(wq[:, :, 0].T if mode == "pointwise" else wq[:, 0, :].T,
+                                         self.qpack)
             n = step.w.shape[0] * 16
             step.bias, step.mult = ops.pad_channels(bias, n), ops.pad_channels(mult, n)
         else:

@@ -75,7 +75,7 @@ class Step:
 class ConvStep(Step):
     """fp32 or int8 convolution with its fused epilogue."""
 
-    mode: str = "generic"  # generic | depthwise | pointwise
+    mode: str = "generic"  # generic | depthwise | pointwise | stem
     quant: bool = False
     w: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bias: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -107,6 +107,14 @@ class ConvStep(Step):
             else:
                 k.pointwise_conv(x2, self.w, self.bias, r2, o2, self.act, self.lo, self.hi,
                                  threads)
+        elif self.mode == "stem":
+            x2 = x.reshape(x.shape[0], x.shape[1])
+            if self.quant:
+                k.qstem_conv(x2, self.w, self.ksize, self.bias, self.mult, out, self.stride,
+                             self.p0, self.zp_in, self.zo, int(self.lo), int(self.hi), threads)
+            else:
+                k.stem_conv(x2, self.w, self.bias, out, self.stride, self.p0, self.act,
+                            self.lo, self.hi, threads)
         elif self.quant:
             fn = k.qdepthwise_conv if self.mode == "depthwise" else k.qconv_generic
             fn(x, self.w, self.bias, self.mult, out, self.stride, self.p0, self.zp_in, self.zo,

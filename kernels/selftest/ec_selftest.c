@@ -136,7 +136,7 @@ static int test_qgemm_rows(int K, int mr) {
             bp8[idx] = (int8_t)v;
         }
     const void *bp = P == 4 ? (const void *)bp8 : (const void *)bp16;
-    ec_qgemm_rows(x, K, mr, bp, 1, tiles, scratch);
+    ec_qgemm_rows(x, K, K, mr, bp, 1, tiles, scratch);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < EC_NR; j++) {
             int32_t want = 0;
