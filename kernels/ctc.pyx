@@ -100,7 +100,7 @@ cdef int _beam_core(const float[:, ::1] lp, int W, Trie *tr, int *best_node) noe
     """Prefix beam search; leaves the best final prefix's trie node in best_node."""
     cdef Py_ssize_t F = lp.shape[0], C = lp.shape[1], t
     cdef int nb = 1, nc, i, j, c, last, k, sel, node, NC = W * <int>C
-    cdef float tot, ext, s, bs
+    cdef float tot, ext, bs
     cdef int *bnode = <int *>malloc(W * sizeof(int))
     cdef float *bpb = <float *>malloc(W * sizeof(float))
     cdef float *bpnb = <float *>malloc(W * sizeof(float))
@@ -111,9 +111,11 @@ cdef int _beam_core(const float[:, ::1] lp, int W, Trie *tr, int *best_node) noe
     cdef float *cpb = <float *>malloc(NC * sizeof(float))
     cdef float *cpnb = <float *>malloc(NC * sizeof(float))
     cdef char *taken = <char *>malloc(NC)
+    cdef float *cscore = <float *>malloc(NC * sizeof(float))
     cdef int rc = 0
     if (bnode == NULL or bpb == NULL or bpnb == NULL or child == NULL or cnode == NULL
-            or cpar == NULL or clab == NULL or cpb == NULL or cpnb == NULL or taken == NULL):
+            or cpar == NULL or clab == NULL or cpb == NULL or cpnb == NULL or taken == NULL
+            or cscore == NULL):
         rc = -1
     else:
         bnode[0] = 0
@@ -153,16 +155,15 @@ cdef int _beam_core(const float[:, ::1] lp, int W, Trie *tr, int *best_node) noe
             # keep the W best candidates (first wins ties)
             for i in range(nc):
                 taken[i] = 0
+                cscore[i] = _lse(cpb[i], cpnb[i])
             k = 0
             while k < W and k < nc:
                 sel = -1
                 bs = -INFINITY
                 for i in range(nc):
-                    if not taken[i]:
-                        s = _lse(cpb[i], cpnb[i])
-                        if sel < 0 or s > bs:
-                            sel = i
-                            bs = s
+                    if not taken[i] and (sel < 0 or cscore[i] > bs):
+                        sel = i
+                        bs = cscore[i]
                 taken[sel] = 1
                 node = cnode[sel]
                 if node < 0:
@@ -179,7 +180,7 @@ cdef int _beam_core(const float[:, ::1] lp, int W, Trie *tr, int *best_node) noe
             nb = k
         best_node[0] = bnode[0]  # beams are kept sorted, best first
     free(bnode); free(bpb); free(bpnb); free(child); free(cnode)
-    free(cpar); free(clab); free(cpb); free(cpnb); free(taken)
+    free(cpar); free(clab); free(cpb); free(cpnb); free(taken); free(cscore)
     return rc
 
 
