@@ -262,24 +262,28 @@ def markdown(rows: list[Row], *, title: str, meta: dict[str, Any]) -> str:
 
 
 def findings(rows: list[Row], eval_set: str) -> list[str]:
-    """Plain-language ratios against the FP32 ONNX parent (size vs speed per technique)."""
+    """Plain-language ratios against the FP32 parent, engine by engine (size vs speed)."""
     parent = next((r for r in rows if r.variant == "fp32" and r.format == "onnx"), None)
     if parent is None:
         return []
-    p_sps = parent.speed.get("onnx", 0.0) or float("nan")
+    base = dict(parent.speed)
+    tfl = next((r for r in rows if r.variant == "tflite_fp32"), None)
+    if tfl is not None and "tflite" in tfl.speed:
+        base["tflite"] = tfl.speed["tflite"]
     p_id = parent.identity.get(eval_set, float("nan"))
     out = []
     for r in rows:
         if r is parent:
             continue
-        sps = max(r.speed.values(), default=0.0)
-        eng = max(r.speed, key=r.speed.get) if r.speed else "-"
-        out.append(f"- {r.variant} ({r.format}): file {parent.size_kb / r.size_kb:.1f}x smaller "
-                   f"({parent.gzip_kb / r.gzip_kb:.1f}x gzipped), {sps / p_sps:.2f}x the parent's "
-                   f"onnxruntime samples/s (best engine: {eng}), identity "
+        ratios = {e: v / base[e] for e, v in r.speed.items() if base.get(e)}
+        speed = ", ".join(f"{e} {x:.2f}x" for e, x in ratios.items()) or "not measured"
+        out.append(f"- {r.variant} ({r.format}): size {r.size_kb / parent.size_kb:.2f}x "
+                   f"(gzip {r.gzip_kb / parent.gzip_kb:.2f}x) of the parent, samples/s vs the "
+                   f"FP32 parent on the same engine: {speed}; identity "
                    f"{100 * (r.identity.get(eval_set, float('nan')) - p_id):+.2f} pp")
-        if r.technique.startswith("unstructured") and sps / p_sps < 1.2:
-            out[-1] += " - size (when compressed) but no speed: dense kernels do the same work"
+        if r.technique.startswith("unstructured") and ratios.get("onnx", 0.0) < 1.2:
+            out[-1] += (" - size (gzipped) but no speed: the dense kernels do the same work "
+                        "on the zeros")
     return out
 
 
