@@ -31,7 +31,7 @@ NR = 16  # GEMM panel width; must match EC_NR in kernels/ec_simd.h
 _NAMES = {
     "conv": ("conv_generic", "depthwise_conv", "pointwise_conv", "stem_conv"),
     "qconv": ("qpack", "quantize", "dequantize", "requantize", "qadd", "qconv_generic",
-              "qdepthwise_conv", "qpointwise_conv", "qstem_conv"),
+              "qdepthwise_conv", "qpointwise_conv", "qstem_conv", "qdwpw_conv"),
     "ctc": ("greedy", "beam_search"),
 }
 

@@ -154,6 +154,17 @@ def unpack_qpointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
     return np.ascontiguousarray(w[:k, :cout])
 
 
+def qdwpw_conv(x, wd, bd, md, zp_in, zd, lod, hid, wp, bias, mult, out, stride, pad, zo, lo,  # noqa: ANN001
+               hi, threads):  # noqa: ANN001
+    """Depthwise then pointwise int8 conv (the fused kernel's reference)."""
+    n, to, cout = out.shape
+    mid = np.empty((n, to, x.shape[2]), np.int8)
+    qdepthwise_conv(x, wd, bd, md, mid, stride, pad, zp_in, zd, lod, hid, threads)
+    o2 = np.empty((n * to, cout), np.int8)
+    qpointwise_conv(mid.reshape(n * to, -1), wp, bias, mult, o2, zo, lo, hi, threads)
+    out[...] = o2.reshape(out.shape)
+
+
 def qstem_conv(x, wp, ksize, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
     """1-channel int8 conv (the stem): ``x`` [N, T], ``wp`` packed ``[ksize, Cout]``."""
     cout = out.shape[2]

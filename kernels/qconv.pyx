@@ -249,3 +249,78 @@ def qpointwise_conv(const int8_t[:, ::1] x, wp, const int32_t[::1] bias,
                                <int>ncol, zo, lo, hi)
         free(tiles)
         free(scratch)
+
+
+cdef enum:
+    RB = 12  # rows per fused block: a multiple of EC_DWR (4) and EC_MR (6)
+
+
+def qdwpw_conv(const int8_t[:, :, ::1] x, const int16_t[:, ::1] wd, const int32_t[::1] bd,
+               const float[::1] md, int zp_in, int zd, int lod, int hid, wp,
+               const int32_t[::1] bias, const float[::1] mult, int8_t[:, :, ::1] out,
+               int stride, int pad, int zo, int lo, int hi, int threads):
+    """Depthwise conv then pointwise conv, fused per block of output rows.
+
+    Same result as :func:`qdepthwise_conv` (params ``wd, bd, md, zd, lod, hid``)
+    followed by :func:`qpointwise_conv`, but the depthwise output of each block
+    stays in a small per-thread buffer instead of memory.
+    """
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t K = wd.shape[0], To = out.shape[1], Cout = out.shape[2]
+    if wd.shape[1] != C or RB % EC_DWR or RB % EC_MR:
+        raise ValueError("qdwpw_conv: shape mismatch")
+    cdef const int8_t[::1] wbytes = _packed(wp, C, Cout, min(bias.shape[0], mult.shape[0]))
+    cdef Py_ssize_t NB = wp.shape[0], nt = (To + RB - 1) // RB
+    cdef Py_ssize_t job, n, t0, rb, bi, sb, r, k, src, m0, mr, jb, i, ncol
+    cdef const int8_t **rows
+    cdef int32_t *acc
+    cdef int8_t *padrow
+    cdef int8_t *mid
+    cdef int32_t *tiles
+    cdef void *scratch
+    cdef const int8_t *xb = &x[0, 0, 0]
+    cdef const void *wb = &wbytes[0]
+    cdef int8_t *ob = &out[0, 0, 0]
+    if N == 0 or To == 0:
+        return
+    with nogil, parallel(num_threads=threads):
+        rows = <const int8_t **>malloc(EC_DWR * K * sizeof(int8_t *))
+        acc = <int32_t *>malloc(EC_DWR * C * sizeof(int32_t))
+        padrow = <int8_t *>malloc(C + 32)
+        memset(padrow, <int8_t>zp_in, C + 32)
+        mid = <int8_t *>malloc(RB * C + 32)
+        tiles = <int32_t *>malloc(NB * EC_MR * EC_NR * sizeof(int32_t))
+        scratch = malloc(EC_MR * (C + 4) * 2)
+        for job in prange(N * nt, schedule="static"):
+            n = job // nt
+            t0 = (job % nt) * RB
+            rb = min(RB, To - t0)
+            for bi in range((rb + EC_DWR - 1) // EC_DWR):
+                sb = bi * EC_DWR
+                for r in range(EC_DWR):
+                    for k in range(K):
+                        src = (t0 + sb + r) * stride + k - pad
+                        rows[r * K + k] = (xb + (n * T + src) * C) if (
+                            0 <= src < T and sb + r < rb) else padrow
+                ec_dw_block_q(rows, <int>K, &wd[0, 0], <int>C, acc)
+                for r in range(min(EC_DWR, rb - sb)):
+                    ec_requant(acc + r * C, &bd[0], &md[0], mid + (sb + r) * C, <int>C, zd,
+                               lod, hid)
+            for bi in range((rb + EC_MR - 1) // EC_MR):
+                m0 = bi * EC_MR
+                mr = min(EC_MR, rb - m0)
+                ec_qgemm_rows(mid + m0 * C, <int>C, <int>C, <int>mr, wb, <int>NB, tiles,
+                              scratch)
+                for jb in range(NB):
+                    ncol = min(EC_NR, Cout - jb * EC_NR)
+                    for i in range(mr):
+                        ec_requant(&tiles[(jb * EC_MR + i) * EC_NR], &bias[jb * EC_NR],
+                                   &mult[jb * EC_NR],
+                                   ob + (n * To + t0 + m0 + i) * Cout + jb * EC_NR,
+                                   <int>ncol, zo, lo, hi)
+        free(rows)
+        free(acc)
+        free(padrow)
+        free(mid)
+        free(tiles)
+        free(scratch)

@@ -301,3 +301,35 @@ def test_c_helpers_aarch64_qemu(march: str, path: str, tmp_path: Path) -> None:
     if not cc or not qemu:
         pytest.skip("needs gcc-aarch64-linux-gnu and qemu-user-static")
     assert _selftest(cc, [f"-march={march}", "-static"], [qemu], tmp_path) == f"ok {path}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_dw_pw_equals_sequence(seed: int) -> None:
+    rng = np.random.default_rng(600 + seed)
+    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), int(rng.integers(1, 40))
+    cout, k = int(rng.integers(1, 40)), int(rng.choice([1, 3, 9, 25]))
+    stride, pad = int(rng.integers(1, 3)), k // 2
+    to = _t_out(t, k, stride, pad)
+    x = rng.integers(-128, 128, (n, t, c)).astype(np.int8)
+    wd = rng.integers(-127, 128, (k, c)).astype(np.int16)
+    bd = rng.integers(-3000, 3000, c).astype(np.int32)
+    md = (rng.random(c) * 2e-3).astype(np.float32)
+    zp_in, zd, lod, hid = _qparams(rng)
+    _, zo, lo, hi = _qparams(rng)
+    w = rng.integers(-127, 128, (c, cout)).astype(np.int8)
+    npad = -(-cout // kb.NR) * kb.NR
+    b = kb.pad_channels(rng.integers(-9000, 9000, cout).astype(np.int32), npad)
+    mult = kb.pad_channels((rng.random(cout) * 2e-3).astype(np.float32), npad)
+    outs = []
+    for kern in (COMPILED, ref):
+        wp = kb.pack_qpointwise(w, kern.qpack())
+        fused = np.empty((n, to, cout), np.int8)
+        kern.qdwpw_conv(x, wd, bd, md, zp_in, zd, lod, hid, wp, b, mult, fused, stride, pad,
+                        zo, lo, hi, 2)
+        mid = np.empty((n, to, c), np.int8)
+        kern.qdepthwise_conv(x, wd, bd, md, mid, stride, pad, zp_in, zd, lod, hid, 2)
+        seq = np.empty((n * to, cout), np.int8)
+        kern.qpointwise_conv(mid.reshape(n * to, c), wp, b, mult, seq, zo, lo, hi, 2)
+        np.testing.assert_array_equal(fused, seq.reshape(fused.shape))
+        outs.append(fused)
+    np.testing.assert_array_equal(outs[0], outs[1])

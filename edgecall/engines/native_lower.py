@@ -154,8 +154,9 @@ class Lowerer:
             raise self.fail("the model output must be [N, T, C] (Transpose before the end)")
         if out.tid == 0 or not self.steps:
             raise self.fail("empty graph")
+        self.steps = ops.fuse_dw_pw(self.steps, out.tid)
         prog = ops.Program(self.steps, self.channels, self.dtypes, out.tid,
-                           quantized=any(getattr(s, "quant", False) for s in self.steps))
+                           quantized=any(np.dtype(d) == np.int8 for d in self.dtypes.values()))
         prog.assign_buffers()
         return prog
 

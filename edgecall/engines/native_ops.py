@@ -131,6 +131,51 @@ class ConvStep(Step):
 
 
 @dataclass
+class FusedDwPwStep(Step):
+    """An int8 depthwise conv whose only consumer is an int8 pointwise conv, in one pass."""
+
+    dw: ConvStep | None = None
+    pw: ConvStep | None = None
+
+    def frames(self, f: int) -> int:
+        assert self.dw is not None
+        return self.dw.frames(f)
+
+    def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
+        dw, pw = self.dw, self.pw
+        assert dw is not None and pw is not None
+        k.qdwpw_conv(v[self.ins[0]], dw.w, dw.bias, dw.mult, dw.zp_in, dw.zo, int(dw.lo),
+                     int(dw.hi), pw.w, pw.bias, pw.mult, v[self.out], dw.stride, dw.p0, pw.zo,
+                     int(pw.lo), int(pw.hi), threads)
+
+    def describe(self) -> str:
+        assert self.dw is not None
+        return f"conv[qdepthwise+qpointwise k={self.dw.ksize}] {self.ins} -> {self.out}"
+
+
+def fuse_dw_pw(steps: list[Step], output: int) -> list[Step]:
+    """Merge int8 depthwise -> pointwise pairs whose middle tensor has no other use."""
+    uses: dict[int, int] = {output: 1}
+    for s in steps:
+        for t in s.ins:
+            uses[t] = uses.get(t, 0) + 1
+    out: list[Step] = []
+    i = 0
+    while i < len(steps):
+        s = steps[i]
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        if (isinstance(s, ConvStep) and s.quant and s.mode == "depthwise"
+                and isinstance(nxt, ConvStep) and nxt.quant and nxt.mode == "pointwise"
+                and nxt.ins == [s.out] and uses.get(s.out) == 1):
+            out.append(FusedDwPwStep(list(s.ins), nxt.out, dw=s, pw=nxt))
+            i += 2
+        else:
+            out.append(s)
+            i += 1
+    return out
+
+
+@dataclass
 class QuantizeStep(Step):
     qp: QParams = QParams(1.0, 0, -128, 127)
 
@@ -308,8 +353,8 @@ class Plan:
 
 # re-exported for the lowering module
 __all__ = ["ACT_CLIP", "ACT_NONE", "ACT_RELU", "ACT_SILU", "ConvStep", "DequantizeStep",
-           "ConcatStep", "EltwiseStep", "Plan", "Program", "QAddStep", "QParams", "QuantizeStep",
-           "RequantizeStep", "SoftmaxStep", "Step", "Tensor", "UnsupportedGraph",
+           "ConcatStep", "EltwiseStep", "FusedDwPwStep", "Plan", "Program", "QAddStep", "QParams",
+           "QuantizeStep", "RequantizeStep", "SoftmaxStep", "Step", "Tensor", "UnsupportedGraph",
            "pack_pointwise", "pack_qpointwise", "pad_channels"]
 
 
