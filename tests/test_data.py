@@ -121,3 +121,17 @@ def test_dataset_round_trip_and_errors(tmp_path: Path) -> None:
         load_dataset(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="no chunks"):
         save_dataset(tmp_path / "e.npz", [])
+
+
+def test_merge_repads_labels() -> None:
+    from tools.data_r10 import merge
+
+    a = {"signal": np.zeros((2, 6), np.float32), "labels": np.array([[1, 2], [3, 0]], np.uint8),
+         "label_len": np.array([2, 1]), "read_id": np.array(["a", "a"]),
+         "start": np.array([0, 6])}
+    b = {"signal": np.ones((1, 6), np.float32), "labels": np.array([[4, 4, 4]], np.uint8),
+         "label_len": np.array([3]), "read_id": np.array(["b"]), "start": np.array([0])}
+    m = merge([a, b])
+    assert m["labels"].tolist() == [[1, 2, 0], [3, 0, 0], [4, 4, 4]]
+    assert m["label_len"].tolist() == [2, 1, 3] and m["read_id"].tolist() == ["a", "a", "b"]
+    assert m["signal"].shape == (3, 6)
