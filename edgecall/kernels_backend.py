@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 NR = 16  # GEMM panel width; must match EC_NR in kernels/ec_simd.h
 _NAMES = {
-    "conv": ("conv_generic", "depthwise_conv", "pointwise_conv", "stem_conv"),
+    "conv": ("conv_generic", "depthwise_conv", "pointwise_conv", "stem_conv", "dwpw_conv"),
     "qconv": ("qpack", "quantize", "dequantize", "requantize", "qadd", "qconv_generic",
               "qdepthwise_conv", "qpointwise_conv", "qstem_conv", "qdwpw_conv"),
     "ctc": ("greedy", "beam_search"),

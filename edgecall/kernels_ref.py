@@ -77,6 +77,18 @@ def pointwise_conv(x, wp, bias, res, out, act, lo, hi, threads):  # noqa: ANN001
     out[...] = _epilogue(acc, np.asarray(bias)[:out.shape[1]], res, act, lo, hi)
 
 
+def dwpw_conv(x, wd, bd, actd, lod, hid, wp, bias, res, out, stride, pad, act, lo, hi,  # noqa: ANN001
+              threads):  # noqa: ANN001
+    """Depthwise then pointwise fp32 conv (the fused kernel's reference)."""
+    n, to, cout = out.shape
+    mid = np.empty((n, to, x.shape[2]), np.float32)
+    depthwise_conv(x, wd, bd, None, mid, stride, pad, actd, lod, hid, threads)
+    o2 = np.empty((n * to, cout), np.float32)
+    r2 = None if res is None else np.asarray(res).reshape(n * to, cout)
+    pointwise_conv(mid.reshape(n * to, -1), wp, bias, r2, o2, act, lo, hi, threads)
+    out[...] = o2.reshape(out.shape)
+
+
 def stem_conv(x, wp, bias, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
     """1-channel conv (the stem): ``x`` [N, T], ``wp`` packed ``[K, Cout]``."""
     cout = out.shape[2]

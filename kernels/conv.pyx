@@ -229,3 +229,85 @@ def pointwise_conv_blas(const float[:, ::1] x, const float[:, ::1] w, const floa
         for i in range(M):
             ec_epilogue_f32(&out[i, 0], &bias[0], (rp + i * Cout) if rp != NULL else NULL,
                             &out[i, 0], Cout, act, lo, hi)
+
+
+cdef enum:
+    RB = 12  # rows per fused block: a multiple of EC_DWR (4) and EC_MR (6)
+
+
+def dwpw_conv(const float[:, :, ::1] x, const float[:, ::1] wd, const float[::1] bd, int actd,
+              float lod, float hid, const float[:, :, ::1] wp, const float[::1] bias, res,
+              float[:, :, ::1] out, int stride, int pad, int act, float lo, float hi,
+              int threads):
+    """Depthwise conv then pointwise conv, fused per block of output rows.
+
+    Same result as :func:`depthwise_conv` (``wd, bd, actd, lod, hid``, no
+    residual) followed by :func:`pointwise_conv`, but the depthwise output of
+    each block stays in a small per-thread buffer instead of memory.
+    """
+    cdef Py_ssize_t N = x.shape[0], T = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t K = wd.shape[0], To = out.shape[1], Cout = out.shape[2]
+    cdef Py_ssize_t NB = wp.shape[0], nt = (To + RB - 1) // RB
+    if (wd.shape[1] != C or wp.shape[1] != C or wp.shape[2] != EC_NR or NB * EC_NR < Cout
+            or bias.shape[0] < NB * EC_NR or RB % EC_DWR or RB % EC_MR):
+        raise ValueError("dwpw_conv: shape mismatch")
+    cdef const float[:, :, ::1] r3
+    cdef const float *rp = NULL
+    if res is not None:
+        r3 = res
+        rp = &r3[0, 0, 0]
+    cdef Py_ssize_t job, n, t0, rb, bi, sb, r, k, src, m0, mr, jb, i, ncol
+    cdef const float **rows
+    cdef const float **a
+    cdef float *acc
+    cdef float *zero
+    cdef float *mid
+    cdef float *tile
+    cdef const float *xb = &x[0, 0, 0]
+    cdef const float *wb = &wp[0, 0, 0]
+    cdef float *ob = &out[0, 0, 0]
+    if N == 0 or To == 0:
+        return
+    with nogil, parallel(num_threads=threads):
+        rows = <const float **>malloc(EC_DWR * K * sizeof(float *))
+        a = <const float **>malloc(EC_MR * sizeof(float *))
+        acc = <float *>malloc(EC_DWR * C * sizeof(float))
+        zero = <float *>calloc(C + 16, sizeof(float))
+        mid = <float *>malloc((RB * C + 16) * sizeof(float))
+        tile = <float *>malloc(EC_MR * EC_NR * sizeof(float))
+        for job in prange(N * nt, schedule="static"):
+            n = job // nt
+            t0 = (job % nt) * RB
+            rb = min(RB, To - t0)
+            for bi in range((rb + EC_DWR - 1) // EC_DWR):
+                sb = bi * EC_DWR
+                for r in range(EC_DWR):
+                    for k in range(K):
+                        src = (t0 + sb + r) * stride + k - pad
+                        rows[r * K + k] = (xb + (n * T + src) * C) if (
+                            0 <= src < T and sb + r < rb) else zero
+                ec_dw_block_f32(rows, <int>K, &wd[0, 0], <int>C, acc)
+                for r in range(min(EC_DWR, rb - sb)):
+                    ec_epilogue_f32(acc + r * C, &bd[0], NULL, mid + (sb + r) * C, <int>C,
+                                    actd, lod, hid)
+            for bi in range((rb + EC_MR - 1) // EC_MR):
+                m0 = bi * EC_MR
+                mr = min(EC_MR, rb - m0)
+                for i in range(EC_MR):
+                    a[i] = mid + (m0 + min(i, mr - 1)) * C
+                for jb in range(NB):
+                    ec_sgemm_tile(a, wb + jb * C * EC_NR, <int>C, tile)
+                    ncol = min(EC_NR, Cout - jb * EC_NR)
+                    for i in range(mr):
+                        ec_epilogue_f32(
+                            &tile[i * EC_NR], &bias[jb * EC_NR],
+                            (rp + (n * To + t0 + m0 + i) * Cout + jb * EC_NR) if rp != NULL
+                            else NULL,
+                            ob + (n * To + t0 + m0 + i) * Cout + jb * EC_NR, <int>ncol, act, lo,
+                            hi)
+        free(rows)
+        free(a)
+        free(acc)
+        free(zero)
+        free(mid)
+        free(tile)

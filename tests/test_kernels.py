@@ -333,3 +333,31 @@ def test_fused_dw_pw_equals_sequence(seed: int) -> None:
         np.testing.assert_array_equal(fused, seq.reshape(fused.shape))
         outs.append(fused)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_dw_pw_fp32_matches_sequence(seed: int) -> None:
+    rng = np.random.default_rng(700 + seed)
+    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), int(rng.integers(1, 40))
+    cout, k = int(rng.integers(1, 40)), int(rng.choice([1, 3, 9, 25]))
+    stride, pad = int(rng.integers(1, 3)), k // 2
+    to = _t_out(t, k, stride, pad)
+    x = rng.standard_normal((n, t, c), dtype=np.float32)
+    wd = rng.standard_normal((k, c), dtype=np.float32)
+    bd = rng.standard_normal(c, dtype=np.float32)
+    wp = kb.pack_pointwise(rng.standard_normal((c, cout), dtype=np.float32))
+    b = kb.pad_channels(rng.standard_normal(cout, dtype=np.float32), wp.shape[0] * kb.NR)
+    res = rng.standard_normal((n, to, cout), dtype=np.float32) if seed % 2 else None
+    outs = []
+    for kern in (COMPILED, ref):
+        fused = np.empty((n, to, cout), np.float32)
+        kern.dwpw_conv(x, wd, bd, 2, -1.0, 1.0, wp, b, res, fused, stride, pad, 3, 0.0, 0.0, 2)
+        outs.append(fused)
+    mid = np.empty((n, to, c), np.float32)
+    COMPILED.depthwise_conv(x, wd, bd, None, mid, stride, pad, 2, -1.0, 1.0, 1)
+    seq = np.empty((n * to, cout), np.float32)
+    COMPILED.pointwise_conv(mid.reshape(n * to, c), wp, b,
+                            None if res is None else res.reshape(n * to, cout), seq, 3, 0.0, 0.0,
+                            1)
+    np.testing.assert_allclose(outs[0], seq.reshape(outs[0].shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)

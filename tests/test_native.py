@@ -150,8 +150,11 @@ def test_fusion_and_buffer_reuse(tiny: Path) -> None:
     eng = NativeEngine(tiny, threads=1)
     text = eng.describe()
     lines = text.splitlines()  # BN, bias, ReLU/Clip/SiLU and the residual all fused
-    assert len(lines) == 8 and sum(line.startswith("conv[") for line in lines) == 7
-    assert "+res" in lines[2] and "act=2" in lines[4] and "act=3" in lines[5]
+    assert len(lines) == 6 and sum(line.startswith("conv[") for line in lines) == 5
+    assert lines[0].startswith("conv[stem") and "act=1" in lines[0]
+    assert "depthwise+pointwise" in lines[1] and "+res" in lines[1]  # dw -> pw in one pass
+    assert "depthwise+pointwise" in lines[2] and "act=2" in lines[2]
+    assert lines[3].startswith("conv[generic") and "act=3" in lines[3]
     bufs = set(eng.program.buffer_of.values())
     assert len(bufs) < len(eng.program.buffer_of)  # liveness shares buffers
     x = _signal(2, 300)

@@ -132,7 +132,7 @@ class ConvStep(Step):
 
 @dataclass
 class FusedDwPwStep(Step):
-    """An int8 depthwise conv whose only consumer is an int8 pointwise conv, in one pass."""
+    """A depthwise conv whose only consumer is a pointwise conv, run in one pass."""
 
     dw: ConvStep | None = None
     pw: ConvStep | None = None
@@ -144,17 +144,25 @@ class FusedDwPwStep(Step):
     def run(self, v: dict[int, np.ndarray], k: Kernels, threads: int) -> None:
         dw, pw = self.dw, self.pw
         assert dw is not None and pw is not None
+        if not pw.quant:
+            res = v[self.ins[1]] if pw.has_res else None
+            k.dwpw_conv(v[self.ins[0]], dw.w, dw.bias, dw.act, dw.lo, dw.hi, pw.w, pw.bias, res,
+                        v[self.out], dw.stride, dw.p0, pw.act, pw.lo, pw.hi, threads)
+            return
         k.qdwpw_conv(v[self.ins[0]], dw.w, dw.bias, dw.mult, dw.zp_in, dw.zo, int(dw.lo),
                      int(dw.hi), pw.w, pw.bias, pw.mult, v[self.out], dw.stride, dw.p0, pw.zo,
                      int(pw.lo), int(pw.hi), threads)
 
     def describe(self) -> str:
-        assert self.dw is not None
-        return f"conv[qdepthwise+qpointwise k={self.dw.ksize}] {self.ins} -> {self.out}"
+        assert self.dw is not None and self.pw is not None
+        q = "q" if self.dw.quant else ""
+        extra = f" act={self.pw.act}" + (" +res" if self.pw.has_res else "")
+        return (f"conv[{q}depthwise+{q}pointwise k={self.dw.ksize}{extra}] {self.ins} -> "
+                f"{self.out}")
 
 
 def fuse_dw_pw(steps: list[Step], output: int) -> list[Step]:
-    """Merge int8 depthwise -> pointwise pairs whose middle tensor has no other use."""
+    """Merge depthwise -> pointwise pairs whose middle tensor has no other use."""
     uses: dict[int, int] = {output: 1}
     for s in steps:
         for t in s.ins:
@@ -164,10 +172,10 @@ def fuse_dw_pw(steps: list[Step], output: int) -> list[Step]:
     while i < len(steps):
         s = steps[i]
         nxt = steps[i + 1] if i + 1 < len(steps) else None
-        if (isinstance(s, ConvStep) and s.quant and s.mode == "depthwise"
-                and isinstance(nxt, ConvStep) and nxt.quant and nxt.mode == "pointwise"
-                and nxt.ins == [s.out] and uses.get(s.out) == 1):
-            out.append(FusedDwPwStep(list(s.ins), nxt.out, dw=s, pw=nxt))
+        if (isinstance(s, ConvStep) and s.mode == "depthwise" and not s.has_res
+                and isinstance(nxt, ConvStep) and nxt.mode == "pointwise"
+                and nxt.quant == s.quant and nxt.ins[0] == s.out and uses.get(s.out) == 1):
+            out.append(FusedDwPwStep([*s.ins, *nxt.ins[1:]], nxt.out, dw=s, pw=nxt))
             i += 2
         else:
             out.append(s)
