@@ -64,7 +64,8 @@ def parent_card(checkpoint: Path, card_dir: Path | None, *, pore: str = "r9.4.1"
     return ModelCard(name=checkpoint.parent.name or "student", folder=checkpoint.parent,
                      pore=pore, flow_cells=(), kits=(), sample_rate=sample_rate,
                      accepted_sample_rates=(sample_rate,), file="model.onnx", alphabet="NACGT",
-                     stride=stride, chunk_size=stride * 1200, overlap=stride * 200,
+                     stride=stride, chunk_size=(4000 // stride) * stride,
+                     overlap=(400 // stride) * stride,  # tools export's defaults
                      output="log_softmax", norm=Normalisation("median_mad"))
 
 
