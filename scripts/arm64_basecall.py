@@ -108,6 +108,7 @@ def pick_model(src: Path, run_dir: Path, model: Path | None) -> Path:
     spec = importlib.util.spec_from_file_location("pi_projection",
                                                   src / "bench" / "pi_projection.py")
     proj = importlib.util.module_from_spec(spec)
+    sys.modules["pi_projection"] = proj  # dataclasses look their module up
     spec.loader.exec_module(proj)
     folder = run_dir / "student_random"
     shutil.rmtree(folder, ignore_errors=True)
