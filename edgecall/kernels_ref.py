@@ -9,6 +9,8 @@ tests run both and compare. Activation codes: 0 none, 1 ReLU, 2 Clip(lo, hi),
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from edgecall.decode import greedy_ref
@@ -48,7 +50,9 @@ def _windows(x: np.ndarray, k_size: int, stride: int, pad: int, t_out: int) -> n
     return xp[:, idx, :]
 
 
-def conv_generic(x, w, bias, res, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+def conv_generic(x: np.ndarray, w: np.ndarray, bias: np.ndarray, res: np.ndarray | None,
+                 out: np.ndarray, stride: int, pad: int, act: int, lo: float, hi: float,
+                 threads: int) -> None:
     """Grouped conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]``."""
     g, k, cig, cog = w.shape
     win = _windows(np.asarray(x), k, stride, pad, out.shape[1])  # [N, To, K, Cin]
@@ -58,7 +62,9 @@ def conv_generic(x, w, bias, res, out, stride, pad, act, lo, hi, threads):  # no
     out[...] = _epilogue(acc.reshape(n, to, g * cog), bias, res, act, lo, hi)
 
 
-def depthwise_conv(x, w, bias, res, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+def depthwise_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, res: np.ndarray | None,
+                   out: np.ndarray, stride: int, pad: int, act: int, lo: float, hi: float,
+                   threads: int) -> None:
     """Depthwise conv1d; ``w`` is ``[K, C]``."""
     win = _windows(np.asarray(x), w.shape[0], stride, pad, out.shape[1])
     acc = np.einsum("ntkc,kc->ntc", win.astype(np.float64), w.astype(np.float64))
@@ -70,15 +76,17 @@ def unpack_pointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
     return np.ascontiguousarray(wp.transpose(1, 0, 2).reshape(k, -1)[:, :cout])
 
 
-def pointwise_conv(x, wp, bias, res, out, act, lo, hi, threads):  # noqa: ANN001
+def pointwise_conv(x: np.ndarray, wp: np.ndarray, bias: np.ndarray, res: np.ndarray | None,
+                   out: np.ndarray, act: int, lo: float, hi: float, threads: int) -> None:
     """1x1 conv as GEMM with a packed ``[nb, K, 16]`` weight."""
     w = unpack_pointwise(np.asarray(wp), x.shape[1], out.shape[1])
     acc = np.asarray(x, dtype=np.float64) @ w.astype(np.float64)
     out[...] = _epilogue(acc, np.asarray(bias)[:out.shape[1]], res, act, lo, hi)
 
 
-def dwpw_conv(x, wd, bd, actd, lod, hid, wp, bias, res, out, stride, pad, act, lo, hi,  # noqa: ANN001
-              threads):  # noqa: ANN001
+def dwpw_conv(x: np.ndarray, wd: np.ndarray, bd: np.ndarray, actd: int, lod: float, hid: float,
+              wp: np.ndarray, bias: np.ndarray, res: np.ndarray | None, out: np.ndarray,
+              stride: int, pad: int, act: int, lo: float, hi: float, threads: int) -> None:
     """Depthwise then pointwise fp32 conv (the fused kernel's reference)."""
     n, to, cout = out.shape
     mid = np.empty((n, to, x.shape[2]), np.float32)
@@ -89,7 +97,8 @@ def dwpw_conv(x, wd, bd, actd, lod, hid, wp, bias, res, out, stride, pad, act, l
     out[...] = o2.reshape(out.shape)
 
 
-def stem_conv(x, wp, bias, out, stride, pad, act, lo, hi, threads):  # noqa: ANN001
+def stem_conv(x: np.ndarray, wp: np.ndarray, bias: np.ndarray, out: np.ndarray, stride: int,
+              pad: int, act: int, lo: float, hi: float, threads: int) -> None:
     """1-channel conv (the stem): ``x`` [N, T], ``wp`` packed ``[K, Cout]``."""
     cout = out.shape[2]
     w = unpack_pointwise(np.asarray(wp), wp.shape[1], cout)  # [K, Cout]
@@ -112,24 +121,27 @@ def _requant(acc: np.ndarray, bias: np.ndarray, mult: np.ndarray, zo: int, lo: i
     return np.clip(np.rint(v).astype(np.int64) + zo, lo, hi).astype(np.int8)
 
 
-def quantize(x, out, scale, zp, qmin, qmax, threads):  # noqa: ANN001
+def quantize(x: np.ndarray, out: np.ndarray, scale: float, zp: int, qmin: int, qmax: int,
+             threads: int) -> None:
     """QuantizeLinear: ``clamp(rne(x / scale) + zp, qmin, qmax)``."""
     q = np.rint(np.asarray(x, np.float32) / np.float32(scale)).astype(np.int64) + zp
     out[...] = np.clip(q, qmin, qmax).astype(np.int8)
 
 
-def dequantize(x, out, scale, zp, threads):  # noqa: ANN001
+def dequantize(x: np.ndarray, out: np.ndarray, scale: float, zp: int, threads: int) -> None:
     """DequantizeLinear: ``(x - zp) * scale``."""
     out[...] = (np.asarray(x, np.int32) - zp).astype(np.float32) * np.float32(scale)
 
 
-def requantize(x, out, ratio, zi, zo, lo, hi, threads):  # noqa: ANN001
+def requantize(x: np.ndarray, out: np.ndarray, ratio: float, zi: int, zo: int, lo: int, hi: int,
+               threads: int) -> None:
     """``clamp(rne((x - zi) * ratio) + zo, lo, hi)``."""
     v = (np.asarray(x, np.int32) - zi).astype(np.float32) * np.float32(ratio)
     out[...] = np.clip(np.rint(v).astype(np.int64) + zo, lo, hi).astype(np.int8)
 
 
-def qadd(a, b, out, ra, rb, za, zb, zo, lo, hi, threads):  # noqa: ANN001
+def qadd(a: np.ndarray, b: np.ndarray, out: np.ndarray, ra: float, rb: float, za: int, zb: int,
+         zo: int, lo: int, hi: int, threads: int) -> None:
     """``clamp(rne((a - za) * ra + (b - zb) * rb) + zo, lo, hi)`` (exact products)."""
     v = ((np.asarray(a, np.float64) - za) * np.float64(np.float32(ra))
          + (np.asarray(b, np.float64) - zb) * np.float64(np.float32(rb)))
@@ -141,7 +153,9 @@ def _qwindows(x: np.ndarray, k: int, stride: int, pad: int, t_out: int, zp: int)
     return _windows(np.asarray(x, np.int64) - zp, k, stride, pad, t_out) + zp
 
 
-def qconv_generic(x, w, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+def qconv_generic(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray,
+                  out: np.ndarray, stride: int, pad: int, zp_in: int, zo: int, lo: int, hi: int,
+                  threads: int) -> None:
     """Grouped int8 conv1d; ``w`` is ``[G, K, Cin/G, Cout/G]``; padding = ``zp_in``."""
     g, k, cig, cog = w.shape
     win = _qwindows(x, k, stride, pad, out.shape[1], zp_in)
@@ -151,7 +165,9 @@ def qconv_generic(x, w, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads
     out[...] = _requant(acc, bias, mult, zo, lo, hi)
 
 
-def qdepthwise_conv(x, w, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+def qdepthwise_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray, mult: np.ndarray,
+                    out: np.ndarray, stride: int, pad: int, zp_in: int, zo: int, lo: int, hi: int,
+                    threads: int) -> None:
     """Depthwise int8 conv1d; ``w`` is ``[K, C]``; padding = ``zp_in``."""
     win = _qwindows(x, w.shape[0], stride, pad, out.shape[1], zp_in)
     acc = np.einsum("ntkc,kc->ntc", win, w.astype(np.int64))
@@ -166,8 +182,10 @@ def unpack_qpointwise(wp: np.ndarray, k: int, cout: int) -> np.ndarray:
     return np.ascontiguousarray(w[:k, :cout])
 
 
-def qdwpw_conv(x, wd, bd, md, zp_in, zd, lod, hid, wp, bias, mult, out, stride, pad, zo, lo,  # noqa: ANN001
-               hi, threads):  # noqa: ANN001
+def qdwpw_conv(x: np.ndarray, wd: np.ndarray, bd: np.ndarray, md: np.ndarray, zp_in: int, zd: int,
+               lod: int, hid: int, wp: np.ndarray, bias: np.ndarray, mult: np.ndarray,
+               out: np.ndarray, stride: int, pad: int, zo: int, lo: int, hi: int,
+               threads: int) -> None:
     """Depthwise then pointwise int8 conv (the fused kernel's reference)."""
     n, to, cout = out.shape
     mid = np.empty((n, to, x.shape[2]), np.int8)
@@ -177,7 +195,9 @@ def qdwpw_conv(x, wd, bd, md, zp_in, zd, lod, hid, wp, bias, mult, out, stride, 
     out[...] = o2.reshape(out.shape)
 
 
-def qstem_conv(x, wp, ksize, bias, mult, out, stride, pad, zp_in, zo, lo, hi, threads):  # noqa: ANN001
+def qstem_conv(x: np.ndarray, wp: np.ndarray, ksize: int, bias: np.ndarray, mult: np.ndarray,
+               out: np.ndarray, stride: int, pad: int, zp_in: int, zo: int, lo: int, hi: int,
+               threads: int) -> None:
     """1-channel int8 conv (the stem): ``x`` [N, T], ``wp`` packed ``[ksize, Cout]``."""
     cout = out.shape[2]
     w = unpack_qpointwise(np.asarray(wp), ksize, cout).astype(np.int16)
@@ -186,7 +206,8 @@ def qstem_conv(x, wp, ksize, bias, mult, out, stride, pad, zp_in, zo, lo, hi, th
                   zo, lo, hi, threads)
 
 
-def qpointwise_conv(x, wp, bias, mult, out, zo, lo, hi, threads):  # noqa: ANN001
+def qpointwise_conv(x: np.ndarray, wp: np.ndarray, bias: np.ndarray, mult: np.ndarray,
+                    out: np.ndarray, zo: int, lo: int, hi: int, threads: int) -> None:
     """Int8 1x1 conv as GEMM with packed weights (either packing)."""
     cout = out.shape[1]
     w = unpack_qpointwise(np.asarray(wp), x.shape[1], cout)
@@ -209,7 +230,7 @@ def _lse(a: float, b: float) -> float:
     return m + float(np.log1p(np.exp(-abs(a - b))))
 
 
-def beam_search(logp, beam_width):  # noqa: ANN001
+def beam_search(logp: np.ndarray, beam_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CTC prefix beam search; same algorithm and tie-breaking as the compiled core."""
     if beam_width < 1:
         raise ValueError("beam_width must be >= 1")
@@ -220,7 +241,7 @@ def beam_search(logp, beam_width):  # noqa: ANN001
     for t in range(f):
         row = [float(v) for v in lp[t]]
         index = {node: i for i, (node, _, _) in enumerate(beams)}
-        cand = []
+        cand: list[list[Any]] = []  # [node, parent, label, p_blank, p_nonblank]
         for node, pb, pnb in beams:
             last = label[node] if node else -1
             cand.append([node, None, None, _lse(pb, pnb) + row[0],

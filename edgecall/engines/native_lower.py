@@ -209,7 +209,7 @@ class Lowerer:
         elif p.group == cin == cout and cig == 1:
             mode = "depthwise"
         quant = out_q is not None and p.quantizable and p.act != ops.ACT_SILU
-        if quant:
+        if quant and out_q is not None:
             return self._emit_qconv(p, mode, out_q)
         x = self.as_float(p.x)
         ins = [x.tid]

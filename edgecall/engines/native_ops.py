@@ -261,6 +261,7 @@ class EltwiseStep(Step):
         elif self.op == "sigmoid":
             np.divide(1.0, 1.0 + np.exp(-x), out=out)
         elif self.op == "affine":
+            assert self.a is not None and self.b is not None
             np.multiply(x, self.a, out=out)
             out += self.b
         else:
