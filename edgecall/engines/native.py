@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class NativeEngine:
         self.quantized = self.program.quantized
         self._plans: dict[tuple[int, int, int], ops.Plan] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # plans own their buffers: one run at a time
         log.info("native engine: %s, %d steps (%s), %s, %d threads", self.path.name,
                  len(self.program.steps), "int8" if self.quantized else "fp32",
                  self.kern.describe(), self.threads)
@@ -120,6 +122,11 @@ class NativeEngine:
         a single chunk uses all threads inside each kernel instead.
         """
         x = check_batch(batch)
+        with self._lock:
+            return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """One batch (caller holds the lock)."""
         n, _, t = x.shape
         parts = min(self.threads, n)
         if parts <= 1:
