@@ -1,9 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """FP32 convolution kernels on channels-last activations ``[N, T, C]``.
 
-Every kernel fuses the epilogue ``out = act(conv + bias (+ res))`` into the
-same pass (``act``: 0 none, 1 ReLU, 2 Clip(lo, hi), 3 SiLU) and parallelises
-over output rows with OpenMP. Signatures match :mod:`edgecall.kernels_ref`.
+Kernels: grouped conv (generic), depthwise, pointwise (a blocked 6x16 GEMM
+micro-kernel), the 1-channel stem as a GEMM over overlapping signal windows,
+and depthwise+pointwise fused per block of output rows. Every kernel fuses the
+epilogue ``out = act(conv + bias (+ res))`` into the same pass (``act``: 0 none,
+1 ReLU, 2 Clip(lo, hi), 3 SiLU) and parallelises over output rows with OpenMP.
+Signatures match :mod:`edgecall.kernels_ref`.
 """
 
 from cython.parallel cimport parallel, prange

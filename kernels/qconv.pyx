@@ -13,7 +13,9 @@ where the caller folds ``-zp_in * sum_k w`` into ``bias`` and sets
 ReLU/Clip): exactly onnxruntime's QDQ semantics. The pointwise GEMM uses int16
 pairs with ``pmaddwd`` on x86-64 (``vmlal`` on plain NEON) or int8 quads with
 ``sdot`` on Armv8.2 dot-product CPUs; ``qpack()`` says which weight packing
-this build expects. Signatures match :mod:`edgecall.kernels_ref`.
+this build expects. The stem (1 input channel) is the same GEMM over
+overlapping signal windows; depthwise+pointwise can run fused per block of
+rows. Signatures match :mod:`edgecall.kernels_ref`.
 """
 
 import numpy as np
