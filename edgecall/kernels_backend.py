@@ -86,7 +86,11 @@ def _compiled() -> Kernels:
     mods: dict[str, ModuleType] = {}
     for mod in _NAMES:
         mods[mod] = importlib.import_module(f"edgecall._kernels.{mod}")
-    funcs = {n: getattr(mods[m], n) for m, names in _NAMES.items() for n in names}
+    try:
+        funcs = {n: getattr(mods[m], n) for m, names in _NAMES.items() for n in names}
+    except AttributeError as exc:
+        raise KernelsMissing(f"compiled kernels are out of date ({exc}); rebuild them with "
+                             "`python setup.py build_ext --inplace` (or `pip install .`)") from None
     return Kernels("compiled", mods["conv"].simd(), funcs)
 
 
