@@ -283,6 +283,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
              f"{cfg.hours} h" if cfg.hours > 0 else f"{cfg.max_steps} steps")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     csv_path = out / "log.csv"
+    if resume is not None and not csv_path.exists() and (resume.parent / "log.csv").exists():
+        shutil.copy(resume.parent / "log.csv", csv_path)  # continue the committed log
     if not csv_path.exists():
         with open(csv_path, "w", newline="") as fh:
             csv.writer(fh).writerow(FIELDS)
