@@ -361,3 +361,20 @@ def test_fused_dw_pw_fp32_matches_sequence(seed: int) -> None:
                             1)
     np.testing.assert_allclose(outs[0], seq.reshape(outs[0].shape), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_missing_compiled_kernels_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> kb.Kernels:
+        raise ImportError("No module named 'edgecall._kernels.conv'")
+
+    monkeypatch.setattr(kb, "_compiled", broken)
+    monkeypatch.setattr(kb, "_CACHE", {})
+    monkeypatch.delenv("EDGECALL_PURE_PYTHON", raising=False)
+    monkeypatch.setattr(kb, "_have_compiler", lambda: True)
+    with pytest.raises(kb.KernelsMissing, match="build_ext --inplace"):
+        kb.kernels()
+    monkeypatch.setattr(kb, "_have_compiler", lambda: False)  # no compiler: numpy, warned
+    assert kb.kernels().name == "numpy"
+    monkeypatch.setattr(kb, "_CACHE", {})
+    with pytest.raises(kb.KernelsMissing):
+        kb.kernels(pure=False)  # explicitly asked for compiled kernels
