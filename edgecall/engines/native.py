@@ -13,7 +13,13 @@ Sigmoid, Mul, Add, Concat (channels), MatMul (output projection), Transpose, Log
 Identity, QuantizeLinear, DequantizeLinear; anything else raises
 :class:`~edgecall.errors.UnsupportedGraph` naming the op and node.
 
-Buffers are planned by liveness and allocated once per batch shape.
+A depthwise conv feeding only a pointwise conv runs as one fused kernel (the
+depthwise rows stay in a per-thread buffer), and a 1-channel stem conv is a
+GEMM over overlapping signal windows. Buffers are planned by liveness and
+allocated once per batch shape; with several threads a batch is split into one
+slice per thread. int8 results equal onnxruntime's QDQ reference semantics
+(graph optimisations off) except for rare 1-LSB rounding ties, where our exact
+integer arithmetic and its float convolution differ.
 """
 
 from __future__ import annotations
