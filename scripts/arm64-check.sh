@@ -97,7 +97,7 @@ for dist, mod in [('numpy','numpy'),('onnxruntime','onnxruntime'),('onnx','onnx'
                   ('pod5','pod5'),('lib-pod5','lib_pod5'),('pyarrow','pyarrow'),
                   ('pysam','pysam'),('psutil','psutil'),('tqdm','tqdm'),
                   ('ai-edge-litert','ai_edge_litert.interpreter'),
-                  ('tflite-runtime','tflite_runtime.interpreter'),('Cython','Cython')]:
+                  ('tflite-runtime','tflite_runtime.interpreter')]:
     try:
         ver = md.version(dist)
     except md.PackageNotFoundError:
@@ -212,10 +212,12 @@ main() {
     run_step() { step "$@" || FAILED=$((FAILED + 1)); }
 
     build_rootfs $REBUILD
-    run_step "copy clean project tree ($TREE) into root" copy_tree
     if [ -n "$REUSE_VENV" ] && [ -x "$ARM64_ROOT$GUEST_VENV/bin/edgecall" ]; then
-        echo "reusing the installed venv $GUEST_VENV (--reuse-venv)" | tee -a "$STEP_LOG"
+        # keep the tree the venv was built from, so tests and kernels match
+        echo "reusing the installed venv $GUEST_VENV and its tree (--reuse-venv)" \
+            | tee -a "$STEP_LOG"
     else
+        run_step "copy clean project tree ($TREE) into root" copy_tree
         run_step "venv (python3 -m venv)" make_venv
         run_step "pip install . (aarch64 wheels + native kernels)" pip_install_project
     fi

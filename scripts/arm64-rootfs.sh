@@ -64,6 +64,26 @@ build_wrap() {
     fi
 }
 
+# fake_cpuinfo KIND: an arm64 /proc/cpuinfo (a76 = Pi 5, a72 = Pi 4) for the guest. Under
+# qemu-user the guest would read the host's x86 /proc/cpuinfo; onnxruntime's cpuinfo
+# library then crashes (SIGSEGV) while importing. A real Pi has the real file.
+fake_cpuinfo() {
+    local kind="$1" f="$(dirname "$QEMU_WRAP")/cpuinfo-$1" feat var part rev i
+    if [ "$kind" = a72 ]; then
+        feat="fp asimd evtstrm crc32 cpuid"; var=0x0; part=0xd08; rev=3
+    else
+        feat="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm"
+        feat="$feat lrcpc dcpop asimddp"; var=0x4; part=0xd0b; rev=1
+    fi
+    mkdir -p "$(dirname "$f")"
+    : > "$f"
+    for i in $(seq 0 $(( $(nproc) - 1 ))); do
+        printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' \
+            "$i" "$feat" "$var" "$part" "$rev" >> "$f"
+    done
+    echo "$f"
+}
+
 # in_root CMD... : run CMD inside the arm64 root (fake root, emulated CPU), nice'd.
 # Binds /dev /proc /sys, the host's local wheel mirrors (so the host pip settings that
 # point at them resolve) and EDGECALL_BIND ("host:guest" pairs, space separated).
@@ -74,6 +94,10 @@ in_root() {
         [ -d "$d" ] && binds+=(-b "$d")
     done
     for d in ${EDGECALL_BIND:-}; do binds+=(-b "$d"); done
+    case "$QEMU_CPU" in
+        cortex-a72|cortex-a57|cortex-a53) binds+=(-b "$(fake_cpuinfo a72):/proc/cpuinfo") ;;
+        *) binds+=(-b "$(fake_cpuinfo a76):/proc/cpuinfo") ;;
+    esac
     env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         $(env | grep -E '^PIP_' | grep -v '^PIP_FIND_LINKS=' || true) \
