@@ -208,7 +208,21 @@ basecall_compare() {
 # Everything below runs from one function so that editing this file while it runs
 # (bash reads scripts incrementally) cannot derail a run in progress.
 main() {
-    FAILED=0
+    basecall_tflite_fixture() {
+    # The committed TFLite test fixture (random 16-channel student with ONNX + TFLite fp32
+    # + full-int8 TFLite files): the only model here with .tflite files unless a bundled
+    # one has them. Its chunk size (600) is baked into the TFLite graphs.
+    local fixture="$RUN_DIR/x86-src/tests/data/tflite"
+    if [ ! -f "$fixture/model.tflite" ]; then echo "no TFLite fixture in the tree"; return 0; fi
+    EDGECALL_BIND="$SHARED:/data" "$HOST_PY" "$REPO/scripts/arm64_basecall.py" \
+        --root "$ARM64_ROOT" --venv "$GUEST_VENV" --x86-src "$RUN_DIR/x86-src" \
+        --run-dir "$RUN_DIR/tflite" --shared "$SHARED" --model "$fixture" \
+        --x86-venv "$RUN_DIR/x86-venv" \
+        --engines "onnx native tflite tflite:int8" --max-reads "$MAX_READS" \
+        ${READS:+--reads "$READS"} --out "${WRITE_REPORT:+$OUT/basecall_tflite.md}"
+}
+
+FAILED=0
     run_step() { step "$@" || FAILED=$((FAILED + 1)); }
 
     build_rootfs $REBUILD
@@ -232,6 +246,7 @@ main() {
     run_step "NEON/sdot disassembly report" neon_report
     if [ -z "$SKIP_BASECALL" ]; then
         run_step "basecall arm64 vs x86 + compare" basecall_compare
+        run_step "basecall arm64 vs x86, TFLite fixture model" basecall_tflite_fixture
     fi
 
     TOTAL=$(( $(date +%s) - T_START ))

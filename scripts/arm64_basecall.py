@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-reads", type=int, default=3)
     ap.add_argument("--engines", default="onnx native tflite")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--x86-venv", type=Path, help="reuse this x86 venv (same tree)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
@@ -181,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.root / "root/out").mkdir(exist_ok=True)
 
     t0 = time.monotonic()
-    venv = x86_venv(args.x86_src, args.run_dir)
+    if args.x86_venv and (args.x86_venv / "bin/edgecall").exists():
+        venv = args.x86_venv  # already holds this tree (same run of the check)
+    else:
+        venv = x86_venv(args.x86_src, args.run_dir)
     print(f"x86 venv + install: {time.monotonic() - t0:.1f} s", flush=True)
     common = ["basecall", "--threads", str(args.threads), "--max-reads", str(args.max_reads),
               "--no-progress"]
