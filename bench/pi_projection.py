@@ -75,13 +75,13 @@ class PiCpu:
 PI = {
     "Pi 5": PiCpu(
         "Raspberry Pi 5 (BCM2712)", "Cortex-A76", 2.4, 4, 8.0, 0.85,
-        {"onnx": 4.0, "native": 0.5, "tflite": 4.0},
+        {"onnx": 4.0, "native": 4.0, "tflite": 4.0},
         "A76: two 128-bit ASIMD pipes (V0, V1), FMLA .4s throughput 2/cycle -> 8 fp32 MAC/"
         "cycle = 19.2 GMAC/s (38.4 GFLOP/s) per core at 2.4 GHz. SDOT .4s (16 int8 MAC) "
-        "2/cycle -> 32 MAC/cycle = 4x fp32 (onnxruntime MLAS and XNNPACK use it when the "
-        "CPU reports asimddp). SMLAL (4 widening int16 MAC) issues on V0 only, 1/cycle -> "
-        "4 MAC/cycle = 0.5x fp32: that is edgecall's current NEON int8 path (int16 pairs, "
-        "vmlal_s16), see bench/arm64/neon_report.md."),
+        "2/cycle -> 32 MAC/cycle = 4x fp32: onnxruntime's MLAS uses it when the CPU "
+        "reports asimddp, and edgecall's int8 pointwise tile does when built with "
+        "+dotprod (sdot in bench/arm64/neon_report.md). Without it (SMLAL, 4 widening "
+        "MAC, V0 only, 1/cycle) int8 would run at 0.5x the fp32 rate."),
     "Pi 4": PiCpu(
         "Raspberry Pi 4 (BCM2711)", "Cortex-A72", 1.8, 4, 4.0, 0.80,
         {"onnx": 1.0, "native": 1.0, "tflite": 1.0},
