@@ -182,6 +182,31 @@ def test_int8_matches_qdq_reference_exactly(tiny_int8: Path) -> None:
     assert ours_agree > 0.9
 
 
+def test_uint8_activations_match_qdq_reference(tiny: Path) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"signal": _signal(2, 300, seed)} for seed in range(3)])
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    u8 = tiny.with_name("tiny.u8.onnx")  # U8S8: onnxruntime's fast int8 flavour on x86
+    quantize_static(str(tiny), str(u8), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    x = _signal(2, 450, seed=5)
+    eng = NativeEngine(u8, threads=2)
+    assert eng.quantized
+    assert np.abs(eng.run(x) - _ort(u8, x, optimise=False)).max() < 1e-4
+
+
 def test_pure_python_backend_gives_same_results(tiny: Path, tiny_int8: Path) -> None:
     x = _signal(2, 150, seed=3)
     for path, tol in ((tiny, 1e-5), (tiny_int8, 1e-6)):
