@@ -144,6 +144,14 @@ def test_apply_updates_cards_and_default(tmp_path: Path) -> None:
         cards.add_variants(tmp_path, {}, report="", summary={})
 
 
+def test_default_must_map_as_many_reads() -> None:
+    rows = [_row("fp32", "fp32", 0.90, 1e5), _row("a", "int8", 0.95, 2e5)]
+    rows[0].mapped["ecoli"], rows[1].mapped["ecoli"] = "10/10", "2/10"
+    assert R.choose_default(rows, "ecoli") is None
+    rows[1].mapped["ecoli"] = "9/10"
+    assert R.choose_default(rows, "ecoli").variant == "a"
+
+
 def test_no_default_from_an_untrained_parent() -> None:
     rows = [_row("fp32", "fp32", 0.0, 1e5), _row("a", "int8", 0.0, 2e5)]
     assert R.choose_default(rows, "ecoli") is None

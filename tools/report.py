@@ -71,6 +71,7 @@ class Row:
     nonzero: int
     macs_per_sample: float
     identity: dict[str, float] = field(default_factory=dict)
+    mapped: dict[str, str] = field(default_factory=dict)  # "k/n" reads with a mappy hit
     agreement: float = float("nan")
     speed: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -193,6 +194,7 @@ def measure(files: list[ModelFile], card: Any, evals: list[EvalSet], bench_chunk
             ids = [identity(ev.aligner, s) for s in seqs.values()]
             vals = [v for v in ids if v is not None]
             row.identity[ev.name] = round(statistics.median(vals), 4) if vals else 0.0
+            row.mapped[ev.name] = f"{len(vals)}/{len(ev.reads)}"
             calls.update(seqs)
         if f.variant == "fp32" and f.path.suffix == ".onnx":
             parent_calls = calls
@@ -238,6 +240,7 @@ def markdown(rows: list[Row], *, title: str, meta: dict[str, Any]) -> str:
     """The report as Markdown: a header, one table, and notes."""
     sets = sorted({k for r in rows for k in r.identity})
     head = ["variant", "technique", "precision", "format", *[f"identity {s}" for s in sets],
+            *[f"mapped {s}" for s in sets],
             "agreement", "size KiB", "gzip KiB", "params", "non-zero", "MACs/sample",
             "onnx samples/s", "native samples/s", "tflite samples/s"]
     lines = [f"# {title}", ""]
@@ -245,7 +248,8 @@ def markdown(rows: list[Row], *, title: str, meta: dict[str, Any]) -> str:
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.variant, r.technique, r.precision, r.format,
-                 *[_fmt(r.identity.get(s, float("nan"))) for s in sets], _fmt(r.agreement),
+                 *[_fmt(r.identity.get(s, float("nan"))) for s in sets],
+                 *[r.mapped.get(s, "-") for s in sets], _fmt(r.agreement),
                  _fmt(r.size_kb), _fmt(r.gzip_kb), str(r.params), str(r.nonzero),
                  _fmt(float(r.macs_per_sample)),
                  *[_fmt(float(r.speed[e])) if e in r.speed else "-"
@@ -352,8 +356,13 @@ def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01,
     parent = next((r for r in rows if r.variant == "fp32" and r.format == "onnx"), None)
     if parent is None or parent.identity.get(eval_set, 0.0) < min_parent:
         return None
+    def frac(r: Row) -> float:
+        k, _, n = r.mapped.get(eval_set, "1/1").partition("/")
+        return int(k) / max(1, int(n or 1))
+
     ok = [r for r in rows if r.precision in ("int8", "mixed") and r.format == "onnx"
-          and r.identity.get(eval_set, 0.0) >= parent.identity[eval_set] - max_drop]
+          and r.identity.get(eval_set, 0.0) >= parent.identity[eval_set] - max_drop
+          and frac(r) >= frac(parent) - 0.1]  # and maps (nearly) as many reads
     return max(ok, key=lambda r: r.speed.get("onnx", 0.0), default=None)
 
 
