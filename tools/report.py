@@ -407,6 +407,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-ids", type=Path, help="val_reads.npz: only these read ids")
     p.add_argument("--max-reads", type=int, default=24)
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per stage")
+    p.add_argument("--lr", type=float, default=2e-3, help="distillation learning rate "
+                   "(QAT uses a quarter)")
     p.add_argument("--variants", default="all", help="comma list or 'all' / 'quick'")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=2.0, help="per speed measurement")
@@ -439,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
                               steps=args.steps, which=args.variants, exclude=exclude,
-                              threads=args.threads, batch=args.batch_size)
+                              threads=args.threads, batch=args.batch_size, lr=args.lr)
     build_s = time.time() - t0
     sens = None
     fp32 = next(f.path for f in files if f.variant == "fp32" and f.path.suffix == ".onnx")
@@ -458,7 +460,9 @@ def run(args: argparse.Namespace) -> int:
         f"step {ck.get('step', '?')}, {float(ck.get('elapsed', 0)) / 60:.0f} min of training, "
         f"skip scale {ck.get('skip_scale', '?')}"), "card": card.name, "eval sets": ", ".join(
         f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
-        "fine-tuning steps per stage": args.steps, "build time s": round(build_s),
+        "fine-tuning steps per stage": f"{args.steps} (batch {args.batch_size} x "
+                                       f"1200 samples, AdamW lr {args.lr}, cosine)",
+        "build time s": round(build_s),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "onnx int8 scheme": f"QDQ {'U8S8' if ACTIVATION == 'uint8' else 'S8S8'} (the fast "
                             "onnxruntime path on this CPU), per-channel symmetric 7-bit weights",

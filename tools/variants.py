@@ -80,12 +80,12 @@ class Builder:
     """Builds variants on demand, caching shared intermediate students."""
 
     def __init__(self, parent: torch.nn.Module, card: ModelCard, chunks: np.ndarray,
-                 work: Path, steps: int, batch: int) -> None:
+                 work: Path, steps: int, batch: int, lr: float = 2e-3) -> None:
         self.parent, self.card, self.work = parent.eval(), card, work
         self.chunks = chunks
         self.calib = np.ascontiguousarray(chunks[:CALIB_CHUNKS, :TRAIN_LEN])
         self.train = np.ascontiguousarray(chunks[:, :TRAIN_LEN])
-        self.steps, self.batch = steps, batch
+        self.steps, self.batch, self.lr = steps, batch, lr
         self.stride = card.stride
         self.teacher = fold(self.parent)
         self._pruned: dict[str, Any] = {}
@@ -107,13 +107,14 @@ class Builder:
                 start = self.pruned("structured", ITERATE_FROM)
                 stage = 1.0 - (1.0 - amount) * mean_width(self.parent) / mean_width(start)
             self._pruned[key] = prune(start, method, stage, teacher=self.parent,
-                                      chunks=self.train, steps=steps, batch_size=self.batch)
+                                      chunks=self.train, steps=steps, batch_size=self.batch,
+                                      lr=self.lr)
         return self._pruned[key]
 
     def qat_net(self, folded: FoldedNet) -> FoldedNet:
         """A QAT copy of ``folded`` distilled from the parent for ``steps`` steps."""
         return qat(copy.deepcopy(folded), self.teacher, self.train, steps=self.steps,
-                   batch_size=self.batch)
+                   batch_size=self.batch, lr=self.lr / 4)
 
     def build(self, name: str) -> list[ModelFile]:
         """Build one named variant; returns its model file(s)."""
@@ -228,7 +229,8 @@ def _safe(name: str) -> str:
 
 def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: Path,
               steps: int, which: str = "all", exclude: set[str] | None = None,
-              threads: int = 2, batch: int = 16) -> tuple[list[ModelFile], np.ndarray]:
+              threads: int = 2, batch: int = 16,
+              lr: float = 2e-3) -> tuple[list[ModelFile], np.ndarray]:
     """Build the requested variants; returns their files and the real chunks used."""
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(0)
@@ -238,7 +240,7 @@ def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: P
     chunks = load_chunks(data, chunk_size=card.chunk_size, max_chunks=512,
                          sample_rate=card.sample_rate, norm=card.norm,
                          exclude_reads=exclude, pore=card.pore)
-    builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch)
+    builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch, lr)
     files: list[ModelFile] = []
     for name in ("fp32", *[n for n in names if n != "fp32"]):
         log.info("building variant %s", name)
