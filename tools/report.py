@@ -327,12 +327,19 @@ def plot(rows: list[Row], path: Path, *, eval_set: str, title: str) -> Path:
            for r in rows]
     fig, ax = plt.subplots(figsize=(9, 6))
     colours = {"fp32": "tab:blue", "int8": "tab:red", "mixed": "tab:purple"}
+    unmapped = [f"{r.variant} ({r.format})" for r, (_, q) in zip(rows, pts, strict=True)
+                if not q > 0]
     for r, (s, q) in zip(rows, pts, strict=True):
+        if not q > 0:
+            continue
         ax.scatter(s, q, s=20 + r.size_kb / 2, alpha=0.6, c=colours.get(r.precision, "grey"),
                    marker="s" if r.format == "tflite" else "o")
         ax.annotate(f"{r.variant} ({r.format})", (s, q), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    front = sorted(pts[i] for i in pareto_front(pts) if pts[i][1] == pts[i][1])
+    if unmapped:
+        ax.text(0.99, 0.01, "no read mapped:\n" + "\n".join(unmapped), fontsize=6,
+                transform=ax.transAxes, ha="right", va="bottom", alpha=0.7)
+    front = sorted(pts[i] for i in pareto_front(pts) if pts[i][1] > 0)
     if front:
         ax.plot(*zip(*front, strict=True), "k--", lw=0.8, label="Pareto front")
     ax.set_xlabel("samples/s (best engine, same threads)")
