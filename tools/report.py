@@ -423,6 +423,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--work", type=Path, default=Path("/work/cache/compress/variants"))
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/json/png")
+    p.add_argument("--build-only", type=Path, metavar="JSON",
+                   help="build the variants, write their list here, measure nothing")
+    p.add_argument("--from-files", type=Path, nargs="+", metavar="JSON",
+                   help="measure variants built by --build-only runs (in one run)")
     p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
                    help="skip the per-conv INT8 sensitivity section")
     p.add_argument("--apply", action="store_true",
@@ -435,7 +439,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tools report``."""
     import platform
 
-    from tools.variants import ACTIVATION, build_all, parent_card
+    from tools.variants import (
+        ACTIVATION,
+        build_all,
+        load_files,
+        parent_card,
+        real_chunks,
+        save_files,
+    )
 
     ids = None
     if args.eval_ids:
@@ -446,10 +457,17 @@ def run(args: argparse.Namespace) -> int:
     exclude = {r.read_id for ev in evals for r in ev.reads}
     card = parent_card(args.checkpoint, args.card)
     t0 = time.time()
-    files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
-                              steps=args.steps, which=args.variants, exclude=exclude,
-                              threads=args.threads, batch=args.batch_size, lr=args.lr)
-    build_s = time.time() - t0
+    if args.from_files:
+        files, build_s = load_files(args.from_files)
+        chunks = real_chunks(card, args.data, exclude)
+    else:
+        files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
+                                  steps=args.steps, which=args.variants, exclude=exclude,
+                                  threads=args.threads, batch=args.batch_size, lr=args.lr)
+        build_s = time.time() - t0
+    if args.build_only:
+        print(save_files(files, args.build_only, build_s))
+        return 0
     sens = None
     fp32 = next(f.path for f in files if f.variant == "fp32" and f.path.suffix == ".onnx")
     if args.sensitivity:
@@ -469,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
         f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
         "fine-tuning steps per stage": f"{args.steps} (batch {args.batch_size} x "
                                        f"1200 samples, AdamW lr {args.lr}, cosine)",
-        "build time s": round(build_s),
+        "build time s (longest build process)": round(build_s),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "onnx int8 scheme": f"QDQ {'U8S8' if ACTIVATION == 'uint8' else 'S8S8'} (the fast "
                             "onnxruntime path on this CPU), per-channel symmetric 7-bit weights",

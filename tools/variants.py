@@ -227,6 +227,39 @@ def _safe(name: str) -> str:
     return name.replace(">", "_").replace(" ", "_")
 
 
+def real_chunks(card: ModelCard, data: Sequence[str], exclude: set[str] | None) -> np.ndarray:
+    """The (seeded, deterministic) real chunks every variant is tuned and calibrated on."""
+    return load_chunks(data, chunk_size=card.chunk_size, max_chunks=512,
+                       sample_rate=card.sample_rate, norm=card.norm, exclude_reads=exclude,
+                       pore=card.pore)
+
+
+def save_files(files: list[ModelFile], path: Path, build_s: float) -> Path:
+    """Write the built variants' descriptions (``tools report --build-only``)."""
+    import json
+    from dataclasses import asdict
+
+    rows = [{**asdict(f), "path": str(f.path)} for f in files]
+    path.write_text(json.dumps({"build_s": build_s, "files": rows}, indent=1))
+    return path
+
+
+def load_files(paths: Sequence[Path]) -> tuple[list[ModelFile], float]:
+    """Variants built by several ``--build-only`` runs, in :data:`ALL` order; max build time."""
+    import json
+
+    seen: dict[tuple[str, str], ModelFile] = {}
+    build_s = 0.0
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        build_s = max(build_s, float(data["build_s"]))
+        for f in data["files"]:
+            mf = ModelFile(**{**f, "path": Path(f["path"])})
+            seen.setdefault((mf.variant, mf.path.suffix), mf)
+    order = {n: i for i, n in enumerate(ALL)}
+    return sorted(seen.values(), key=lambda f: order.get(f.variant, len(order))), build_s
+
+
 def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: Path,
               steps: int, which: str = "all", exclude: set[str] | None = None,
               threads: int = 2, batch: int = 16,
@@ -237,9 +270,7 @@ def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: P
     names = ALL if which == "all" else QUICK if which == "quick" else \
         tuple(n.strip() for n in which.split(",") if n.strip())
     parent, _ = load_student(checkpoint)
-    chunks = load_chunks(data, chunk_size=card.chunk_size, max_chunks=512,
-                         sample_rate=card.sample_rate, norm=card.norm,
-                         exclude_reads=exclude, pore=card.pore)
+    chunks = real_chunks(card, data, exclude)
     builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch, lr)
     files: list[ModelFile] = []
     for name in ("fp32", *[n for n in names if n != "fp32"]):
