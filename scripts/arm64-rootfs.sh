@@ -145,6 +145,7 @@ smoke() {
 
 build_rootfs() {
     need_host_tools
+    touch "$STEP_LOG"
     if [ "${1:-}" = "--rebuild" ]; then rm -rf "$ARM64_ROOT"; fi
     build_wrap
     if rootfs_ok; then
