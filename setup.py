@@ -115,7 +115,7 @@ def extensions() -> list:
 RUNTIME = ["numpy>=1.24", "pod5>=0.3", "onnxruntime>=1.16", "onnx>=1.14", "psutil>=5.9",
            "tqdm>=4.60", "pysam>=0.21"]
 EXTRAS = {
-    "test": ["pytest>=7", "mappy>=2.24", "matplotlib>=3.7"],
+    "test": ["pytest>=7", "mappy>=2.24", "matplotlib>=3.7", "Cython>=3.0"],
     "plot": ["matplotlib>=3.7"],
     "tflite": ["ai-edge-litert>=1.0"],
     "tools": ["torch==2.13.0", "mappy>=2.24", "matplotlib>=3.7", "onnxscript>=0.1",
