@@ -25,9 +25,10 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -208,7 +209,7 @@ class Basecaller:
         jobs = {id(j): j for j in order if isinstance(j, _Pending)}
         take, todo[:] = todo[:self.batch_size], todo[self.batch_size:]
         out = self._run_batch([jobs[jid].chunks[ci] for jid, ci in take])
-        for (jid, _ci), post in zip(take, out):
+        for (jid, _ci), post in zip(take, out, strict=True):
             posts[jid].append(post)
 
     def _emit_ready(self, order: collections.deque, posts: dict[int, list[np.ndarray]],

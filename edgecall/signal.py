@@ -12,8 +12,8 @@ unchunked network output away from the chunk edges.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def stitch(posts: list[np.ndarray], starts: list[int], n: int, chunk_size: int,
         return posts[0][:n_frames]
     out = np.empty((n_frames, posts[0].shape[1]), dtype=posts[0].dtype)
     pos = 0
-    for i, (post, s) in enumerate(zip(posts, starts)):
+    for i, (post, s) in enumerate(zip(posts, starts, strict=True)):
         if i + 1 < len(starts):
             end = min(n_frames, (starts[i + 1] + s + chunk_size) // (2 * stride))
         else:

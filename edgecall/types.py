@@ -8,8 +8,9 @@ anywhere becomes a ``Failed`` record that is counted, never silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

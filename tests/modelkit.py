@@ -104,11 +104,11 @@ def write_pod5(path: Path, reads: dict[str, np.ndarray], *, sample_rate: int = 4
 
     run = pod5.RunInfo(
         acquisition_id="edgecall-test-run", acquisition_start_time=datetime.datetime(
-            2026, 1, 1, tzinfo=datetime.timezone.utc),
+            2026, 1, 1, tzinfo=datetime.UTC),
         adc_max=8191, adc_min=-8192, context_tags={"sample_frequency": str(sample_rate)},
         experiment_name="edgecall-tests", flow_cell_id="FAK00000",
         flow_cell_product_code=flow_cell, protocol_name="test", protocol_run_id="test",
-        protocol_start_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        protocol_start_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         sample_id="sample", sample_rate=sample_rate, sequencing_kit=kit.lower(),
         sequencer_position="MN00000", sequencer_position_type="MinION", software="edgecall",
         system_name="test", system_type="test", tracking_id={"sample_frequency": str(sample_rate)})

@@ -50,7 +50,7 @@ def test_round_trip(tmp_path: Path, ext: str) -> None:
         assert hdr["PG"][0]["PN"] == "edgecall" and hdr["PG"][0]["CL"] == "edgecall x"
         got = list(f.fetch(until_eof=True))
     assert [g.query_name for g in got] == [r.read_id for r in reads]
-    for g, r in zip(got, reads):
+    for g, r in zip(got, reads, strict=True):
         assert g.is_unmapped and g.query_sequence == r.sequence
         assert pysam.qualities_to_qualitystring(g.query_qualities) == r.quality
         assert g.get_tag("qs") == pytest.approx(r.mean_qscore)

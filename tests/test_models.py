@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import modelkit
+import numpy as np
 import pytest
 
-import modelkit
 from edgecall import models
 from edgecall.errors import ChemistryMismatch, ModelError
 from edgecall.types import Read, RunMeta
-
-import numpy as np
 
 
 def _read(fc: str, rate: int) -> Read:

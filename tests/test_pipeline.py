@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import modelkit
 import numpy as np
 import pysam
 import pytest
 
-import modelkit
 from edgecall import models
 from edgecall.errors import ChemistryMismatch, EdgecallError, ModelError
 from edgecall.io.reader import iter_reads

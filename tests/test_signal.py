@@ -48,10 +48,10 @@ def test_resample_length_and_shape() -> None:
 def test_chunks_cover_the_read(n: int) -> None:
     starts = signal.chunk_starts(n, 400, 80, 4)
     assert starts[0] == 0 and all(s % 4 == 0 for s in starts)
-    assert all(b > a for a, b in zip(starts, starts[1:]))
+    assert all(b > a for a, b in zip(starts, starts[1:], strict=False))
     if n > 400:
         assert starts[-1] + 400 <= n and n - (starts[-1] + 400) < 4
-        assert all(b - a <= 400 - 80 for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= 400 - 80 for a, b in zip(starts, starts[1:], strict=False))
     chunks = list(signal.chunk_read("r", np.arange(n, dtype=np.float32), 400, 80, 4))
     assert len(chunks) == len(starts)
     assert all(c.signal.shape == (400,) for c in chunks)

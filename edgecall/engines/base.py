@@ -11,8 +11,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from edgecall.models import ModelCard
-
 
 @runtime_checkable
 class Engine(Protocol):
