@@ -169,7 +169,7 @@ class Basecaller:
         """Thread body: pack chunks across reads into batches, emit stitched reads in order."""
         order: collections.deque = collections.deque()  # _Pending/Failed in input order
         posts: dict[int, list[np.ndarray]] = {}
-        todo: list[tuple[int, int]] = []  # (job id, chunk index) not yet run
+        todo: list[tuple[_Pending, int]] = []  # (job, chunk index) not yet run
         done_input = False
         try:
             while not stop.is_set():
@@ -189,11 +189,11 @@ class Basecaller:
                             order.append(item)
                             if isinstance(item, _Pending):
                                 posts[id(item)] = []
-                                todo.extend((id(item), i) for i in range(item.chunks.shape[0]))
+                                todo.extend((item, i) for i in range(item.chunks.shape[0]))
                             self._emit_ready(order, posts, out, stop)
                             continue
                 if todo and (len(todo) >= self.batch_size or done_input or idle):
-                    self._batch_step(order, posts, todo)
+                    self._batch_step(posts, todo)
                     self._emit_ready(order, posts, out, stop)
                 elif done_input and not todo:
                     self._emit_ready(order, posts, out, stop)
@@ -203,14 +203,13 @@ class Basecaller:
         finally:
             _put(out, _END, stop)
 
-    def _batch_step(self, order: collections.deque, posts: dict[int, list[np.ndarray]],
-                    todo: list[tuple[int, int]]) -> None:
+    def _batch_step(self, posts: dict[int, list[np.ndarray]],
+                    todo: list[tuple[_Pending, int]]) -> None:
         """Run the next batch of pending chunks and file the outputs per read."""
-        jobs = {id(j): j for j in order if isinstance(j, _Pending)}
         take, todo[:] = todo[:self.batch_size], todo[self.batch_size:]
-        out = self._run_batch([jobs[jid].chunks[ci] for jid, ci in take])
-        for (jid, _ci), post in zip(take, out, strict=True):
-            posts[jid].append(post)
+        out = self._run_batch([job.chunks[ci] for job, ci in take])
+        for (job, _ci), post in zip(take, out, strict=True):
+            posts[id(job)].append(post)
 
     def _emit_ready(self, order: collections.deque, posts: dict[int, list[np.ndarray]],
                     out: queue.Queue, stop: threading.Event) -> None:
@@ -354,7 +353,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              threads: int = 0, batch_size: int = 32, chunk_size: int | None = None,
              overlap: int | None = None, recursive: bool = False, max_reads: int | None = None,
              read_ids: set[str] | None = None, decoder: str = "greedy", beam_width: int = 5,
-             fmt: str | None = None, skip_bad: bool = False, progress: bool = False,
+             fmt: str | None = None, progress: bool = False,
              basecaller: Basecaller | None = None, stop: threading.Event | None = None,
              variant: str = "fp32", command_line: str = "",
              on_failure: Any = None, min_samples: int = 1000) -> RunSummary:
@@ -370,8 +369,6 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         Bundled model name or model folder; default: chosen by the reads' chemistry.
     engine : {"onnx", "native", "tflite"}
         Inference engine.
-    skip_bad : bool
-        Unused here; the CLI decides the exit status from ``RunSummary.failed``.
     on_failure : callable, optional
         Called with each :class:`Failed` as it happens (e.g. to print it).
 
