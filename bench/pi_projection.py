@@ -190,22 +190,18 @@ def _dq_source(model, name: str) -> str:
 def write_card(folder: Path, name: str, stride: int, int8: bool, chunk_size: int = 3600,
                overlap: int = 600) -> None:
     """Minimal card.toml for a benchmark-only model folder (r9.4.1, 4 kHz)."""
-    variants = '[model.variants]\nint8 = "model.int8.onnx"\n' if int8 else ""
-    (folder / "card.toml").write_text(f'''name = "{name}"
-description = "benchmark-only random-weight graph (speed, not accuracy)"
-[chemistry]
-pore = "r9.4.1"
-sample_rate = 4000
-[model]
-file = "model.onnx"
-alphabet = "NACGT"
-stride = {stride}
-chunk_size = {chunk_size}
-overlap = {overlap}
-output = "log_softmax"
-{variants}[normalisation]
-method = "median_mad"
-''')
+    from edgecall.models import write_card_toml
+
+    model = {"file": "model.onnx", "alphabet": "NACGT", "stride": stride,
+             "chunk_size": chunk_size, "overlap": overlap, "output": "log_softmax"}
+    if int8:
+        model["variants"] = {"int8": "model.int8.onnx"}
+    write_card_toml(folder, {
+        "name": name,
+        "description": "benchmark-only random-weight graph (speed, not accuracy)",
+        "chemistry": {"pore": "r9.4.1", "sample_rate": 4000},
+        "model": model,
+        "normalisation": {"method": "median_mad"}})
 
 
 def quantize_int8(src: Path, dst: Path, stride: int) -> bool:

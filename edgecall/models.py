@@ -36,6 +36,7 @@ only reads cards; ``tools`` writes them. Card layout (TOML)::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -239,3 +240,42 @@ def check_compatible(card: ModelCard, read: Read) -> None:
         raise ChemistryMismatch(
             f"read {read.read_id} is sampled at {read.sample_rate} Hz but model {card.name} "
             f"accepts {', '.join(map(str, card.accepted_sample_rates))} Hz")
+
+
+# --------------------------------------------------------------------------- writing cards
+
+def _toml_value(v: object) -> str:
+    """One TOML scalar or array."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def card_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """A card (nested dict of scalars, arrays and tables) as TOML text.
+
+    The one writer of ``card.toml``: training export, compression tools,
+    benchmarks and test fixtures all go through it, and :func:`load_card` reads it.
+    """
+    lines = [f"{k if k.isidentifier() else json.dumps(k)} = {_toml_value(v)}"
+             for k, v in data.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            key = k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+            name = f"{prefix}.{key}" if prefix else key
+            out += f"\n[{name}]\n" + card_toml(v, name)
+    return out
+
+
+def write_card_toml(folder: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    """Write ``data`` as ``folder/card.toml`` (temp name + rename) and return the path."""
+    path = Path(folder) / "card.toml"
+    tmp = path.with_name(f".card.toml.{os.getpid()}.tmp")
+    tmp.write_text(card_toml(data))
+    os.replace(tmp, path)
+    return path

@@ -58,30 +58,19 @@ def make_test_model(folder: Path, *, stride: int = 4, chunk_size: int = 400, ove
                     accepted: tuple[int, ...] = (4000,), name: str = "test_level_model",
                     checksum: bool = True) -> Path:
     """A model folder (card.toml + model.onnx) holding the level model."""
-    from edgecall.models import sha256_file
+    from edgecall.models import sha256_file, write_card_toml
 
     folder.mkdir(parents=True, exist_ok=True)
     make_level_onnx(folder / "model.onnx", stride)
-    files = f'"model.onnx" = "{sha256_file(folder / "model.onnx")}"\n' if checksum else ""
-    (folder / "card.toml").write_text(f'''name = "{name}"
-description = "test fixture: level model with known weights (not a basecaller)"
-[chemistry]
-pore = "{pore}"
-sample_rate = {sample_rate}
-accepted_sample_rates = [{", ".join(map(str, accepted))}]
-[model]
-file = "model.onnx"
-alphabet = "NACGT"
-stride = {stride}
-chunk_size = {chunk_size}
-overlap = {overlap}
-output = "log_softmax"
-[normalisation]
-method = "fixed"
-shift = 0.0
-scale = 1.0
-[files]
-{files}''')
+    write_card_toml(folder, {
+        "name": name,
+        "description": "test fixture: level model with known weights (not a basecaller)",
+        "chemistry": {"pore": pore, "sample_rate": sample_rate,
+                      "accepted_sample_rates": list(accepted)},
+        "model": {"file": "model.onnx", "alphabet": "NACGT", "stride": stride,
+                  "chunk_size": chunk_size, "overlap": overlap, "output": "log_softmax"},
+        "normalisation": {"method": "fixed", "shift": 0.0, "scale": 1.0},
+        "files": {"model.onnx": sha256_file(folder / "model.onnx")} if checksum else {}})
     return folder
 
 

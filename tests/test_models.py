@@ -51,3 +51,20 @@ def test_pore_of_and_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert models.resolve("r10").name == "r10"
     with pytest.raises(ModelError, match="unknown model 'nope'"):
         models.resolve("nope")
+
+
+def test_card_writer_round_trips_through_tomllib(tmp_path):
+    """The one card writer: nested tables, quoted keys, bools, floats, arrays survive."""
+    import tomllib
+
+    from edgecall.models import write_card_toml
+
+    card = {"name": "x", "default": False, "description": 'says "hi"\nand more',
+            "chemistry": {"pore": "r10.4.1", "accepted_sample_rates": [4000, 5000]},
+            "model": {"stride": 4, "variants": {"int8": "model.int8.onnx"}},
+            "files": {"model.onnx": "ab" * 32, "model.int8.onnx": "cd" * 32},
+            "accuracy": {"set.one": {"median_identity": 0.81009, "data": ["a.pod5"]}}}
+    path = write_card_toml(tmp_path, card)
+    assert path == tmp_path / "card.toml"
+    assert tomllib.loads(path.read_text()) == card
+    assert [p.name for p in tmp_path.iterdir()] == ["card.toml"]  # no temp file left

@@ -8,7 +8,7 @@
   ``<parent>_int8`` whose main file is that QDQ model; it becomes
   ``default = true`` and the parent ``default = false`` (still available by name).
 
-Cards are read with ``tomllib`` and written with :func:`tools.export.to_toml`.
+Cards are read with ``tomllib`` and written with :func:`edgecall.models.write_card_toml`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecall.errors import ModelError
-from edgecall.models import sha256_file
+from edgecall.models import sha256_file, write_card_toml
 
 
 def _read(folder: Path) -> dict[str, Any]:
@@ -33,12 +33,8 @@ def _read(folder: Path) -> dict[str, Any]:
 
 def _write(folder: Path, card: dict[str, Any]) -> Path:
     """Write ``card`` (files re-hashed) as the folder's card.toml."""
-    from tools.export import to_toml
-
     card["files"] = {name: sha256_file(folder / name) for name in sorted(_files(card))}
-    path = folder / "card.toml"
-    path.write_text(to_toml(card))
-    return path
+    return write_card_toml(folder, card)
 
 
 def _files(card: dict[str, Any]) -> set[str]:

@@ -378,7 +378,8 @@ def kd_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Ten
 def distill(student: nn.Module, teacher: nn.Module, chunks: np.ndarray, *, steps: int,
             batch_size: int = 16, lr: float = 5e-4, seed: int = 0,
             penalty: Callable[[int], torch.Tensor] | None = None,
-            after_step: Callable[[int], None] | None = None) -> list[float]:
+            after_step: Callable[[int], None] | None = None,
+            crop: int | None = 1200) -> list[float]:
     """Fine-tune ``student`` to match ``teacher``'s posteriors on ``chunks``.
 
     Parameters
@@ -393,6 +394,9 @@ def distill(student: nn.Module, teacher: nn.Module, chunks: np.ndarray, *, steps
         ``penalty(step)`` -> a scalar added to the loss (group-sparsity terms).
     after_step : callable, optional
         Called after every optimiser step (re-applies pruning masks).
+    crop : int, optional
+        Train on random ``crop``-sample windows of longer chunks (one offset per
+        batch), so long chunks give many different windows; None = whole chunks.
 
     Returns
     -------
@@ -411,7 +415,11 @@ def distill(student: nn.Module, teacher: nn.Module, chunks: np.ndarray, *, steps
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         idx = rng.integers(0, chunks.shape[0], size=min(batch_size, chunks.shape[0]))
-        x = torch.from_numpy(chunks[idx][:, None, :])
+        batch = chunks[idx]
+        if crop is not None and chunks.shape[1] > crop:
+            off = int(rng.integers(0, chunks.shape[1] - crop + 1))
+            batch = batch[:, off:off + crop]
+        x = torch.from_numpy(np.ascontiguousarray(batch)[:, None, :])
         with torch.no_grad():
             target = teacher(x)
         loss = kd_loss(student(x), target)

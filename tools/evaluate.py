@@ -96,11 +96,14 @@ def _iter_reads(paths: list[Path], max_reads: int | None) -> Iterator:
 
 
 def call_with_pipeline(model: str, paths: list[Path], threads: int,
-                       max_reads: int | None) -> tuple[dict[str, str], int]:
+                       max_reads: int | None, *, engine: str = "onnx",
+                       decoder: str = "greedy", beam_width: int = 5,
+                       variant: str = "fp32") -> tuple[dict[str, str], int]:
     """Basecall through the device pipeline; returns (sequences, samples)."""
     from edgecall.pipeline import Basecaller
 
-    bc = Basecaller.load(model, engine="onnx", threads=threads)
+    bc = Basecaller.load(model, engine=engine, threads=threads, decoder=decoder,
+                         beam_width=beam_width, variant=variant)
     seqs: dict[str, str] = {}
     for rec in bc.call(_iter_reads(paths, max_reads)):
         if hasattr(rec, "sequence"):
@@ -152,7 +155,8 @@ def call_with_teacher(spec: str, paths: list[Path],
 def evaluate(model: str, paths: list[Path], reference: Path | None = None,
              bam: Path | None = None, threads: int = 2,
              max_reads: int | None = None, read_ids: set[str] | None = None,
-             dataset: str = "") -> dict:
+             dataset: str = "", *, engine: str = "onnx", decoder: str = "greedy",
+             beam_width: int = 5, variant: str = "fp32") -> dict:
     """Basecall ``paths`` with ``model`` and summarise identity against the reference.
 
     ``read_ids`` restricts the reads (e.g. a held-out split); ``dataset`` names
@@ -166,7 +170,9 @@ def evaluate(model: str, paths: list[Path], reference: Path | None = None,
     elif model.endswith(".pt"):
         seqs, samples = call_with_checkpoint(Path(model), paths, max_reads)
     else:
-        seqs, samples = call_with_pipeline(model, paths, threads, max_reads)
+        seqs, samples = call_with_pipeline(model, paths, threads, max_reads, engine=engine,
+                                           decoder=decoder, beam_width=beam_width,
+                                           variant=variant)
     wall = time.time() - t0
     if bam is not None:
         refs = bam_references(bam)
@@ -181,7 +187,8 @@ def evaluate(model: str, paths: list[Path], reference: Path | None = None,
     else:
         raise ValueError("give --reference FASTA or --bam")
     out = summarise(ids, sum(len(s) for s in seqs.values()))
-    out.update({"model": model, "dataset": dataset, "data": [str(p) for p in paths],
+    out.update({"model": model, "dataset": dataset, "engine": engine, "decoder": decoder,
+                "variant": variant, "data": [str(p) for p in paths],
                 "reference": str(bam or reference), "samples": samples,
                 "wall_s": round(wall, 2), "samples_per_s": round(samples / max(wall, 1e-9)),
                 "per_read": {k: (round(v, 5) if v is not None else None)
@@ -203,6 +210,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="file with one read id per line: evaluate only those")
     p.add_argument("--dataset", default="", help="name of this evaluation in the card")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engine", default="onnx", help="device engine (default onnx)")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
+    p.add_argument("--beam-width", type=int, default=5)
+    p.add_argument("--variant", default="fp32", help="model variant from the card (e.g. int8)")
     p.set_defaults(func=run)
 
 
@@ -218,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     if args.read_ids is not None:
         ids = {line.strip() for line in args.read_ids.read_text().split("\n") if line.strip()}
     res = evaluate(args.model, list(args.data), args.reference, args.bam, args.threads,
-                   args.max_reads, ids, args.dataset)
+                   args.max_reads, ids, args.dataset, engine=args.engine,
+                   decoder=args.decoder, beam_width=args.beam_width, variant=args.variant)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_read"}, indent=1))

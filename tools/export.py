@@ -120,35 +120,12 @@ def ort_samples_per_s(path: Path, chunk: int, batch: int = 16, threads: int = 2,
     return batch * chunk * repeats / (time.perf_counter() - t0)
 
 
-def _toml_value(v: object) -> str:
-    """One TOML scalar or array."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
-def to_toml(data: dict, prefix: str = "") -> str:
-    """Minimal TOML writer: scalars, arrays and nested tables."""
-    lines = [f"{k if k.isidentifier() else json.dumps(k)} = {_toml_value(v)}"
-             for k, v in data.items() if not isinstance(v, dict)]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            key = k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-            name = f"{prefix}.{key}" if prefix else key
-            out += f"\n[{name}]\n" + to_toml(v, name)
-    return out
-
-
 def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[dict],
                samples_per_s: float, chunk: int, overlap: int, description: str,
-               default: bool, command: str) -> Path:
-    """Write ``card.toml`` for an exported R9.4.1 model folder."""
-    from edgecall.models import FLOW_CELLS, sha256_file
+               default: bool, command: str, pore: str = "r9.4.1",
+               measured_rates: tuple[int, ...] = (4000,), teacher: str = "") -> Path:
+    """Write ``card.toml`` for an exported model folder (4 kHz student, ``pore`` chemistry)."""
+    from edgecall.models import FLOW_CELLS, sha256_file, write_card_toml
 
     cfg = model.cfg
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
@@ -162,9 +139,10 @@ def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[
         accuracy[key]["reference"] = ev.get("reference", "")
     card = {
         "name": name, "description": description, "default": default,
-        "chemistry": {"pore": "r9.4.1", "flow_cells": list(FLOW_CELLS["r9.4.1"]),
+        "chemistry": {"pore": pore, "flow_cells": list(FLOW_CELLS[pore]),
                       "kits": [], "sample_rate": 4000,
-                      "accepted_sample_rates": [4000, 5000], "measured_sample_rates": [4000]},
+                      "accepted_sample_rates": [4000, 5000],
+                      "measured_sample_rates": sorted(set(measured_rates))},
         "model": {"file": "model.onnx", "alphabet": "NACGT", "stride": cfg.stride,
                   "chunk_size": chunk, "overlap": overlap, "output": "log_softmax"},
         "normalisation": {"method": "median_mad", "clip": 0.0},
@@ -178,11 +156,10 @@ def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[
         "accuracy": accuracy,
         "training": {"command": command, "step": int(ckpt.get("step", 0)),
                      "trained_seconds": round(float(ckpt.get("elapsed", 0.0))),
-                     "teacher": "deepnano-blitz rnn96 (KD + labels)"},
+                     "teacher": teacher or ("deepnano-blitz rnn96 (KD + labels)"
+                                            if pore == "r9.4.1" else "none (CTC on labels)")},
     }
-    path = folder / "card.toml"
-    path.write_text(to_toml(card))
-    return path
+    return write_card_toml(folder, card)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -198,6 +175,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--default", action="store_true")
     p.add_argument("--command", default="", help="the training command for the card")
+    p.add_argument("--pore", default="r9.4.1", choices=["r9.4.1", "r10.4.1"],
+                   help="chemistry the model was trained for")
+    p.add_argument("--measured-rates", type=int, nargs="*", default=[4000],
+                   help="sample rates the card's accuracy numbers were measured at")
+    p.add_argument("--teacher", default="", help="what supervised the training (card text)")
     p.set_defaults(func=run)
 
 
@@ -216,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         f"--{k.replace('_', '-')} {v}" for k, v in st["config"].items()
         if k in ("run", "lr", "batch_size", "hours", "kd_alpha", "kd_tau"))
     write_card(args.folder, args.name or args.folder.name, model, st, evals, sps, args.chunk,
-               args.overlap, args.description, args.default, command)
+               args.overlap, args.description, args.default, command, pore=args.pore,
+               measured_rates=tuple(args.measured_rates), teacher=args.teacher)
     log.info("exported %s (%.0f samples/s onnxruntime)", args.folder, sps)
     return 0
 

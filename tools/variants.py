@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,14 @@ log = logging.getLogger(__name__)
 
 ALL = ("fp32", "unstructured50", "unstructured70", "unstructured85", "unstructured90",
        "structured30", "structured50", "delayed50", "ptq_minmax", "ptq_percentile",
-       "ptq_entropy", "ptq_mixed", "ptq_s8s8", "qat", "P>D>PTQ", "P>D>QAT", "QAT>P>QAT",
+       "ptq_entropy", "ptq_mixed", "ptq_s8s8", "qat", "P30>D>PTQ", "P30>D>QAT", "P>D>PTQ",
+       "P>D>QAT", "QAT>P>QAT",
        "tflite_fp32", "tflite_int8", "tflite_int8_structured50")
 QUICK = ("fp32", "unstructured70", "structured50", "ptq_minmax", "qat", "P>D>PTQ",
          "tflite_fp32", "tflite_int8")
 TRAIN_LEN = 1200  # samples per fine-tuning/calibration chunk
 CALIB_CHUNKS = 128  # chunks for PTQ / TFLite INT8 calibration
+DISTIL_CHUNKS = 2048  # real chunks (card chunk size) the fine-tuning crops windows from
 ITERATE_FROM = 0.3  # structured pruning beyond this goes through the 30 % student
 #: onnxruntime's fast int8 path: U8S8 on x86 (S8S8 is slower than FP32 there), S8S8 on ARM
 ACTIVATION = "uint8" if platform.machine().lower() in ("x86_64", "amd64") else "int8"
@@ -84,7 +87,7 @@ class Builder:
         self.parent, self.card, self.work = parent.eval(), card, work
         self.chunks = chunks
         self.calib = np.ascontiguousarray(chunks[:CALIB_CHUNKS, :TRAIN_LEN])
-        self.train = np.ascontiguousarray(chunks[:, :TRAIN_LEN])
+        self.train = np.ascontiguousarray(chunks)  # distil() trains on random TRAIN_LEN crops
         self.steps, self.batch, self.lr = steps, batch, lr
         self.stride = card.stride
         self.teacher = fold(self.parent)
@@ -152,17 +155,21 @@ class Builder:
 
     def _orders_and_tflite(self, name: str) -> list[ModelFile]:
         """Pruning/quantisation orderings and TFLite exports."""
-        if name == "P>D>PTQ":
-            net = fold(self.pruned("structured", 0.5))
-            src = self.onnx("structured50", net)
-            out = ptq(src, self.work / "P_D_PTQ.onnx", self.calib, activation=ACTIVATION)
-            return [describe(name, "struct 50% > distil > PTQ", "int8", out, net, self.stride)]
-        if name == "P>D>QAT":
-            net = self.qat_net(fold(self.pruned("structured", 0.5)))
-            out = export_qat(net, self.work / "P_D_QAT.onnx", self.calib, length=TRAIN_LEN,
-                             activation=ACTIVATION)
-            return [describe(name, "struct 50% > distil > QAT", "int8", out,
-                             strip_fake_quant(net), self.stride)]
+        order = re.fullmatch(r"P(\d+)?>D>(PTQ|QAT)", name)
+        if order:
+            pct, quant = int(order.group(1) or 50), order.group(2)
+            net = fold(self.pruned("structured", pct / 100))
+            if quant == "PTQ":
+                src = self.onnx(f"structured{pct}", net)
+                out = ptq(src, self.work / f"{_safe(name)}.onnx", self.calib,
+                          activation=ACTIVATION)
+            else:
+                net = self.qat_net(net)
+                out = export_qat(net, self.work / f"{_safe(name)}.onnx", self.calib,
+                                 length=TRAIN_LEN, activation=ACTIVATION)
+                net = strip_fake_quant(net)
+            return [describe(name, f"struct {pct}% > distil > {quant}", "int8", out, net,
+                             self.stride)]
         if name == "QAT>P>QAT":
             return [self._qat_prune_qat(name)]
         if name.startswith("tflite_"):
@@ -229,7 +236,7 @@ def _safe(name: str) -> str:
 
 def real_chunks(card: ModelCard, data: Sequence[str], exclude: set[str] | None) -> np.ndarray:
     """The (seeded, deterministic) real chunks every variant is tuned and calibrated on."""
-    return load_chunks(data, chunk_size=card.chunk_size, max_chunks=512,
+    return load_chunks(data, chunk_size=card.chunk_size, max_chunks=DISTIL_CHUNKS,
                        sample_rate=card.sample_rate, norm=card.norm, exclude_reads=exclude,
                        pore=card.pore)
 
