@@ -114,8 +114,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_onnx(tmp_path_factory.mktemp("native") / "tiny.onnx")
 
 
-@pytest.fixture(scope="module")
-def tiny_int8(tiny: Path) -> Path:
+def _quantize(src: Path, dst: Path, activations: str, batches: int) -> Path:
+    """QDQ per-channel INT8 copy of ``src`` calibrated on ``batches`` random batches."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -125,16 +125,20 @@ def tiny_int8(tiny: Path) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"signal": _signal(2, 300, seed)} for seed in range(4)])
+            self.it = iter([{"signal": _signal(2, 300, seed)} for seed in range(batches)])
 
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
-    out = tiny.with_name("tiny.int8.onnx")
-    quantize_static(str(tiny), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8)
-    return out
+    act = QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=act, weight_type=QuantType.QInt8)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny: Path) -> Path:
+    return _quantize(tiny, tiny.with_name("tiny.int8.onnx"), "int8", 4)
 
 
 @pytest.mark.parametrize("n,t", [(1, 3), (2, 300), (3, 603), (5, 90)])
@@ -183,24 +187,8 @@ def test_int8_matches_qdq_reference_exactly(tiny_int8: Path) -> None:
 
 
 def test_uint8_activations_match_qdq_reference(tiny: Path) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{"signal": _signal(2, 300, seed)} for seed in range(3)])
-
-        def get_next(self) -> dict | None:
-            return next(self.it, None)
-
-    u8 = tiny.with_name("tiny.u8.onnx")  # U8S8: onnxruntime's fast int8 flavour on x86
-    quantize_static(str(tiny), str(u8), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+    # U8S8: onnxruntime's fast int8 flavour on x86
+    u8 = _quantize(tiny, tiny.with_name("tiny.u8.onnx"), "uint8", 3)
     x = _signal(2, 450, seed=5)
     eng = NativeEngine(u8, threads=2)
     assert eng.quantized
