@@ -68,3 +68,24 @@ def test_card_writer_round_trips_through_tomllib(tmp_path):
     assert path == tmp_path / "card.toml"
     assert tomllib.loads(path.read_text()) == card
     assert [p.name for p in tmp_path.iterdir()] == ["card.toml"]  # no temp file left
+
+
+def test_shipped_models_are_verified_trained_and_one_default_per_chemistry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model in models/ loads, matches its checksums, carries measured accuracy and
+    training provenance, and each chemistry has at most one default."""
+    monkeypatch.delenv("EDGECALL_MODELS", raising=False)
+    import tomllib
+
+    cards = models.bundled()
+    assert cards, "models/ ships no model"
+    defaults: dict[str, list[str]] = {}
+    for card in cards:
+        models.verify(card)
+        raw = tomllib.loads((card.folder / "card.toml").read_text())
+        assert raw["training"]["command"] and raw["training"]["trained_seconds"] > 0, card.name
+        ids = [v["median_identity"] for v in raw["accuracy"].values()]
+        assert ids and max(ids) > 0.5, f"{card.name}: no measured identity"
+        if card.default:
+            defaults.setdefault(card.pore, []).append(card.name)
+    assert all(len(v) == 1 for v in defaults.values()), defaults
