@@ -46,18 +46,30 @@ def _chunks(n: int = 24, t: int = 300, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, t)).astype(np.float32)
 
 
-def _weight_scales(path: Path) -> dict[str, tuple[int, ...]]:
-    """Shape of the DequantizeLinear scale feeding each Conv's weight input."""
+def _weight_scales(path: Path) -> dict[int, tuple[int, ...]]:
+    """Shape of the DequantizeLinear scale feeding each Conv's weight input, keyed by
+    the conv's position among the graph's convs (the quantiser's output has short names)."""
     g = onnx.load(str(path)).graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     out = {}
-    for n in g.node:
-        if n.op_type == "Conv" and n.input[1] in producer:
+    for i, n in enumerate(n for n in g.node if n.op_type == "Conv"):
+        if n.input[1] in producer:
             dq = producer[n.input[1]]
             if dq.op_type == "DequantizeLinear":
-                out[n.name] = tuple(inits[dq.input[1]].dims)
+                out[i] = tuple(inits[dq.input[1]].dims)
     return out
+
+
+def test_quantised_file_has_compact_names(fp32: Path, tmp_path: Path) -> None:
+    q = Q.ptq(fp32, tmp_path / "q.onnx", _chunks())
+    g = onnx.load(str(q)).graph
+    assert [v.name for v in g.input] == ["signal"] and [v.name for v in g.output] == ["logprobs"]
+    assert all(len(i.name) <= 6 for i in g.initializer)  # t0, t1, ...
+    long = Q.ptq(fp32, tmp_path / "long.onnx", _chunks(), compact=False)
+    assert q.stat().st_size < long.stat().st_size
+    held = _chunks(4, seed=9)
+    np.testing.assert_array_equal(Q.run_onnx(q, held), Q.run_onnx(long, held))
 
 
 @pytest.mark.parametrize("method", Q.CALIBRATION)
@@ -79,7 +91,7 @@ def test_mixed_precision_keeps_first_and_last_fp32(fp32: Path, tmp_path: Path) -
     names = Q.conv_nodes(fp32)
     assert keep == [names[0], names[-1]]
     q = Q.ptq(fp32, tmp_path / "mixed.onnx", _chunks(), exclude=keep)
-    assert set(_weight_scales(q)) == set(names[1:-1])
+    assert set(_weight_scales(q)) == set(range(1, len(names) - 1))
 
 
 def test_sensitivity_one_row_per_conv(fp32: Path) -> None:
