@@ -25,6 +25,7 @@ import argparse
 import gzip
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -414,6 +415,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-ids", type=Path, help="val_reads.npz: only these read ids")
     p.add_argument("--max-reads", type=int, default=24)
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per stage")
+    p.add_argument("--qat-steps", type=int, default=None,
+                   help="quantisation-aware distillation steps (default: --steps)")
     p.add_argument("--lr", type=float, default=2e-3, help="distillation learning rate "
                    "(QAT uses a quarter)")
     p.add_argument("--variants", default="all", help="comma list or 'all' / 'quick'")
@@ -462,7 +465,8 @@ def run(args: argparse.Namespace) -> int:
         chunks = real_chunks(card, args.data, exclude)
     else:
         files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
-                                  steps=args.steps, which=args.variants, exclude=exclude,
+                                  steps=args.steps, qat_steps=args.qat_steps,
+                                  which=args.variants, exclude=exclude,
                                   threads=args.threads, batch=args.batch_size, lr=args.lr)
         build_s = time.time() - t0
     if args.build_only:
@@ -487,6 +491,7 @@ def run(args: argparse.Namespace) -> int:
         f"{e.name} ({len(e.reads)} reads)" for e in evals), "threads": args.threads,
         "fine-tuning steps per stage": f"{args.steps} (batch {args.batch_size} x "
                                        f"1200 samples, AdamW lr {args.lr}, cosine)",
+        "QAT steps": args.qat_steps or args.steps,
         "build time s (longest build process)": round(build_s),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
         "onnx int8 scheme": f"QDQ {'U8S8' if ACTIVATION == 'uint8' else 'S8S8'} (the fast "
@@ -523,10 +528,14 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
     if best is None or parent is None:
         return f"{card_dir}: variants added; no INT8 model within 1.0 pp: default unchanged"
     extra = {}
-    if "struct" in best.technique and (Path(best.path).parent / "structured50.onnx").is_file():
-        extra["fp32"] = Path(best.path).parent / "structured50.onnx"
-    if "struct" in best.technique and ("tflite_int8_structured50", "tflite") in by:
-        extra["tflite_int8"] = Path(by[("tflite_int8_structured50", "tflite")].path)
+    pct = re.search(r"struct(?:ured)? (\d+)%", best.technique)
+    if pct:  # the pruned FP32 model and its TFLite INT8 export travel with the default
+        fp32 = Path(best.path).parent / f"structured{pct.group(1)}.onnx"
+        if fp32.is_file():
+            extra["fp32"] = fp32
+        tfl = (f"tflite_int8_structured{pct.group(1)}", "tflite")
+        if tfl in by:
+            extra["tflite_int8"] = Path(by[tfl].path)
     name = f"{card_dir.name}_int8"
     cards.make_default(card_dir, Path(best.path), name=name, extra=extra, rows={
         "technique": best.technique, "params": best.params,

@@ -83,12 +83,14 @@ class Builder:
     """Builds variants on demand, caching shared intermediate students."""
 
     def __init__(self, parent: torch.nn.Module, card: ModelCard, chunks: np.ndarray,
-                 work: Path, steps: int, batch: int, lr: float = 2e-3) -> None:
+                 work: Path, steps: int, batch: int, lr: float = 2e-3,
+                 qat_steps: int | None = None) -> None:
         self.parent, self.card, self.work = parent.eval(), card, work
         self.chunks = chunks
         self.calib = np.ascontiguousarray(chunks[:CALIB_CHUNKS, :TRAIN_LEN])
         self.train = np.ascontiguousarray(chunks)  # distil() trains on random TRAIN_LEN crops
         self.steps, self.batch, self.lr = steps, batch, lr
+        self.qat_steps = qat_steps or steps
         self.stride = card.stride
         self.teacher = fold(self.parent)
         self._pruned: dict[str, Any] = {}
@@ -116,7 +118,7 @@ class Builder:
 
     def qat_net(self, folded: FoldedNet) -> FoldedNet:
         """A QAT copy of ``folded`` distilled from the parent for ``steps`` steps."""
-        return qat(copy.deepcopy(folded), self.teacher, self.train, steps=self.steps,
+        return qat(copy.deepcopy(folded), self.teacher, self.train, steps=self.qat_steps,
                    batch_size=self.batch, lr=self.lr / 4)
 
     def build(self, name: str) -> list[ModelFile]:
@@ -150,7 +152,8 @@ class Builder:
             net = self.qat_net(self.teacher)
             out = export_qat(net, self.work / "qat.onnx", self.calib, length=TRAIN_LEN,
                              activation=ACTIVATION)
-            return [describe(name, f"QAT {self.steps}", "int8", out, self.teacher, self.stride)]
+            return [describe(name, f"QAT {self.qat_steps}", "int8", out, self.teacher,
+                             self.stride)]
         return self._orders_and_tflite(name)
 
     def _orders_and_tflite(self, name: str) -> list[ModelFile]:
@@ -195,13 +198,14 @@ class Builder:
         from tools.tflite_export import export_tflite
 
         int8 = "int8" in name
-        net = fold(self.pruned("structured", 0.5)) if name.endswith("structured50") \
+        pruned = re.search(r"structured(\d+)$", name)
+        net = fold(self.pruned("structured", int(pruned.group(1)) / 100)) if pruned \
             else self.teacher
         out = export_tflite(net, self.work / f"{name}.tflite", batch=self.batch,
                             length=self.card.chunk_size, int8=int8,
                             chunks=self.chunks[:CALIB_CHUNKS // 2])
-        tech = ("full-integer " if int8 else "") + ("struct 50% > distil" if
-                                                    name.endswith("structured50") else "parent")
+        tech = ("full-integer " if int8 else "") + (
+            f"struct {pruned.group(1)}% > distil" if pruned else "parent")
         return describe(name, tech, "int8" if int8 else "fp32", out, net, self.stride)
 
     def _need(self, path: Path) -> None:
@@ -268,7 +272,8 @@ def load_files(paths: Sequence[Path]) -> tuple[list[ModelFile], float]:
 
 
 def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: Path,
-              steps: int, which: str = "all", exclude: set[str] | None = None,
+              steps: int, qat_steps: int | None = None, which: str = "all",
+              exclude: set[str] | None = None,
               threads: int = 2, batch: int = 16,
               lr: float = 2e-3) -> tuple[list[ModelFile], np.ndarray]:
     """Build the requested variants; returns their files and the real chunks used."""
@@ -278,7 +283,8 @@ def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: P
         tuple(n.strip() for n in which.split(",") if n.strip())
     parent, _ = load_student(checkpoint)
     chunks = real_chunks(card, data, exclude)
-    builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch, lr)
+    builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch, lr,
+                      qat_steps)
     files: list[ModelFile] = []
     for name in ("fp32", *[n for n in names if n != "fp32"]):
         log.info("building variant %s", name)
