@@ -22,6 +22,9 @@ cdef extern from "ec_simd.h" nogil:
     void ec_sgemm_tile(const float *const *a, const float *bp, int K, float *tile)
     int EC_DWR
     void ec_dw_block_f32(const float *const *rows, int K, const float *w, int C, float *acc)
+    void ec_dw_rows(const char *x, size_t row_bytes, Py_ssize_t n, Py_ssize_t T, Py_ssize_t t,
+                    Py_ssize_t To, int stride, int pad, int K, const char *pad_row,
+                    const char **rows)
 
 
 def simd() -> str:
@@ -83,7 +86,7 @@ def depthwise_conv(const float[:, :, ::1] x, const float[:, ::1] w, const float[
         r = res
         rp = &r[0, 0, 0]
     cdef Py_ssize_t nt = (To + EC_DWR - 1) // EC_DWR
-    cdef Py_ssize_t blk, n, t, j, k, src
+    cdef Py_ssize_t blk, n, t, j
     cdef const float **rows
     cdef float *acc
     cdef float *zero
@@ -95,11 +98,8 @@ def depthwise_conv(const float[:, :, ::1] x, const float[:, ::1] w, const float[
         for blk in prange(N * nt, schedule="static"):
             n = blk // nt
             t = (blk % nt) * EC_DWR
-            for j in range(EC_DWR):
-                for k in range(K):
-                    src = (t + j) * stride + k - pad
-                    rows[j * K + k] = (xb + (n * T + src) * C) if (
-                        0 <= src < T and t + j < To) else zero
+            ec_dw_rows(<const char *>xb, C * sizeof(float), n, T, t, To, stride, pad, <int>K,
+                       <const char *>zero, <const char **>rows)
             ec_dw_block_f32(rows, <int>K, &w[0, 0], <int>C, acc)
             for j in range(min(EC_DWR, To - t)):
                 ec_epilogue_f32(acc + j * C, &bias[0],

@@ -18,6 +18,7 @@
 #define EC_SIMD_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -306,6 +307,22 @@ static inline int ec_qpack(void) { return EC_QPACK; }
  * zero row for taps in the padding); acc[r * C + c] receives the sums. Each
  * weight vector is loaded once per tap and reused for the EC_DWR rows. */
 #define EC_DWR 4
+
+/* Input row pointers for one depthwise block (fp32 and int8 alike): rows[j*K+k] is
+ * the start of input row (t+j)*stride + k - pad of sequence n (rows of row_bytes
+ * bytes, T per sequence), or pad_row where that row is outside [0, T) or output
+ * row t+j is past To. */
+static inline void ec_dw_rows(const char *x, size_t row_bytes, ptrdiff_t n, ptrdiff_t T,
+                              ptrdiff_t t, ptrdiff_t To, int stride, int pad, int K,
+                              const char *pad_row, const char **rows) {
+    for (int j = 0; j < EC_DWR; j++) {
+        for (int k = 0; k < K; k++) {
+            ptrdiff_t src = (t + j) * stride + k - pad;
+            rows[j * K + k] = (src >= 0 && src < T && t + j < To)
+                ? x + (size_t)(n * T + src) * row_bytes : pad_row;
+        }
+    }
+}
 
 static inline void ec_dw_block_f32(const float *const *rows, int K, const float *w, int C,
                                    float *acc) {

@@ -37,6 +37,9 @@ cdef extern from "ec_simd.h" nogil:
                        int32_t *tiles, void *scratch)
     void ec_dw_block_q(const int8_t *const *rows, int K, const int16_t *w, int C,
                        int32_t *acc)
+    void ec_dw_rows(const char *x, size_t row_bytes, Py_ssize_t n, Py_ssize_t T, Py_ssize_t t,
+                    Py_ssize_t To, int stride, int pad, int K, const char *pad_row,
+                    const char **rows)
 
 
 def qpack() -> int:
@@ -132,7 +135,7 @@ def qdepthwise_conv(const int8_t[:, :, ::1] x, const int16_t[:, ::1] w,
     if w.shape[1] != C or out.shape[2] != C:
         raise ValueError("qdepthwise_conv: channel mismatch")
     cdef Py_ssize_t nt = (To + EC_DWR - 1) // EC_DWR
-    cdef Py_ssize_t blk, n, t, r, k, src
+    cdef Py_ssize_t blk, n, t, r
     cdef const int8_t **rows
     cdef int32_t *acc
     cdef int8_t *padrow
@@ -145,11 +148,8 @@ def qdepthwise_conv(const int8_t[:, :, ::1] x, const int16_t[:, ::1] w,
         for blk in prange(N * nt, schedule="static"):
             n = blk // nt
             t = (blk % nt) * EC_DWR
-            for r in range(EC_DWR):
-                for k in range(K):
-                    src = (t + r) * stride + k - pad
-                    rows[r * K + k] = (xb + (n * T + src) * C) if (
-                        0 <= src < T and t + r < To) else padrow
+            ec_dw_rows(<const char *>xb, C, n, T, t, To, stride, pad, <int>K,
+                       <const char *>padrow, <const char **>rows)
             ec_dw_block_q(rows, <int>K, &w[0, 0], <int>C, acc)
             for r in range(min(EC_DWR, To - t)):
                 ec_requant(acc + r * C, &bias[0], &mult[0], &out[n, t + r, 0], <int>C, zo,
