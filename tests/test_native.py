@@ -342,3 +342,13 @@ def test_supports(tmp_path: Path, tiny: Path) -> None:
     assert supports(card) and not supports(card, "int8")  # no int8 variant
     (card.folder / "model.onnx").write_bytes(b"not onnx")
     assert not supports(card)
+
+
+def test_auto_engine_rule_recognises_int8_qdq_files(tiny: Path, tiny_int8: Path,
+                                                    tmp_path: Path) -> None:
+    from edgecall.engines import is_qdq
+
+    assert is_qdq(tiny_int8) and not is_qdq(tiny)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert not is_qdq(bad)  # the engine, not the rule, reports a broken file
