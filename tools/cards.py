@@ -85,7 +85,8 @@ def make_default(parent: Path, int8_model: Path, *, name: str, rows: dict[str, A
     card.setdefault("architecture", {}).update(
         params=int(rows["params"]), macs_per_sample=float(rows["macs_per_sample"]),
         precision="int8 QDQ (per-channel symmetric 7-bit weights)",
-        onnxruntime_samples_per_s=float(rows["onnx_sps"]))
+        onnxruntime_samples_per_s=float(rows["onnx_sps"]),
+        onnxruntime_threads=int(rows.get("threads", 1)))
     card["accuracy"] = {k: {"median_identity": v} for k, v in rows["identity"].items()}
     card["compression"] = {"parent": card.get("training", {}).get("command", ""),
                            "parent_model": _read(parent)["name"],

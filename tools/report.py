@@ -506,12 +506,12 @@ def run(args: argparse.Namespace) -> int:
     print(paths["markdown"].read_text())
     if args.apply:
         print(apply(rows, best, args.card, report=str(paths["markdown"]),
-                    eval_set=evals[0].name))
+                    eval_set=evals[0].name, threads=args.threads))
     return 0
 
 
 def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: str,
-          eval_set: str) -> str:
+          eval_set: str, threads: int = 1) -> str:
     """Update the parent's card and install the default INT8 model; returns a summary line."""
     from tools import cards
 
@@ -542,5 +542,6 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
         "macs_per_sample": best.macs_per_sample, "identity": best.identity,
         "parent_identity": parent.identity.get(eval_set, 0.0),
         "onnx_sps": best.speed.get("onnx", 0.0),
-        "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report})
+        "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report,
+        "threads": threads})
     return f"default for {card_dir.name}'s chemistry is now {name} ({best.variant})"
