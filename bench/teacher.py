@@ -50,19 +50,11 @@ def onnx_files(spec: str) -> list[tuple[str, Path]]:
 
 def real_chunks(n: int, length: int) -> np.ndarray:
     """``[n, 1, length]`` median/MAD-normalised chunks of real R9.4.1 E. coli reads."""
-    from edgecall.io.reader import iter_reads
-    from edgecall.signal import Normalisation, normalise
+    from tools.compress import load_chunks
     from tools.teacher import shared_data
 
     pod5 = shared_data() / "r9.4.1" / "ecoli" / "reads.pod5"
-    chunks: list[np.ndarray] = []
-    for read in iter_reads([pod5]):
-        x = normalise(read.signal_pa(), Normalisation("median_mad"))
-        for s in range(0, x.size - length + 1, length):
-            chunks.append(x[s:s + length])
-        if len(chunks) >= n:
-            break
-    return np.stack(chunks[:n])[:, None, :].astype(np.float32)
+    return load_chunks([pod5], chunk_size=length, max_chunks=n)[:, None, :]
 
 
 def session(path: Path, threads: int):  # noqa: ANN201 - onnxruntime type
