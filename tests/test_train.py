@@ -137,3 +137,47 @@ def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
     ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
     assert "BatchNormalization" not in ops and "Add" not in ops
     assert len(list(Folded(model).modules())) > 1
+
+
+def test_pruned_student_fine_tunes_resumes_and_exports(tmp_path: Path) -> None:
+    """``--init-from`` a pruned student keeps its per-layer widths and stays skip-free."""
+    from tools.compress import load_student, save_student, set_skip_scale
+    from tools.export import load_checkpoint
+    from tools.prune import structured
+    from tools.train import run as train_cli
+
+    folder = _synthetic(tmp_path / "d", n=32)
+    torch.manual_seed(0)
+    parent = Student(ArchConfig(channels=16, depth=2, kernel=5, stem_kernel=5, stride=3))
+    set_skip_scale(parent, 0.0)
+    pruned = structured(parent.eval(), 0.5)
+    widths = [b.pw.out_channels for b in pruned.blocks]
+    assert widths[0] < 16
+    start = save_student(pruned, tmp_path / "p.pt")
+    x = torch.randn(1, 1, 300)
+    before = load_student(start)[0](x)
+    torch.testing.assert_close(before, pruned(x))  # the file holds the pruned network
+
+    import argparse
+
+    args = argparse.Namespace(
+        run="p", data=folder, out=tmp_path / "run", resume=None, init_from=start,
+        max_steps=3, channels=128, depth=8, kernel=25, stem_kernel=15, stride=4,
+        no_skips=False, no_commit=True, batch_size=8, lr=1e-3, kd_alpha=0.0, kd_tau=None,
+        skipclip_start=None, skipclip_end=None, seed=None, ckpt_minutes=1e9,
+        commit_minutes=None, threads=1, hours=None)
+    assert train_cli(args) == 0
+    model, st = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert [b.pw.out_channels for b in model.blocks] == widths
+    assert st["config"]["arch"]["skips"] is False and st["config"]["arch"]["channels"] == 16
+    assert not torch.allclose(model(x), before)  # it trained
+    train_cli(argparse.Namespace(**{**vars(args), "init_from": None, "max_steps": 5,
+                                    "resume": tmp_path / "run" / "last.pt"}))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 5
+    from tools.export import export_onnx
+
+    ort = pytest.importorskip("onnxruntime")
+    path = export_onnx(model, tmp_path / "m.onnx", chunk=300)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["logprobs"], {"signal": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)

@@ -61,11 +61,24 @@ def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises pickle, zip and runtime errors
         raise ModelError(f"{p}: not a torch checkpoint ({type(exc).__name__})") from None
+    model = student_from_checkpoint(ckpt, p)
+    meta = {k: v for k, v in ckpt.items()
+            if k not in STATE_KEYS and k not in ("optimizer", "optim", "scheduler", "rng")}
+    meta["arch"] = model.cfg.to_dict()
+    return model.eval(), meta
+
+
+def student_from_checkpoint(ckpt: Any, where: str | Path = "checkpoint") -> Student:
+    """The student in a loaded checkpoint dict (any per-layer widths), skip scale restored.
+
+    Reads ``tools train`` checkpoints (``config.arch``) and :func:`save_student`
+    files (``arch``); pruned layers are rebuilt from the state dict's shapes.
+    """
     if not isinstance(ckpt, dict):
-        raise ModelError(f"{p}: unexpected checkpoint layout ({type(ckpt).__name__})")
+        raise ModelError(f"{where}: unexpected checkpoint layout ({type(ckpt).__name__})")
     state, arch = _find(ckpt, STATE_KEYS), _find(ckpt, ARCH_KEYS)
     if state is None or arch is None:
-        raise ModelError(f"{p}: checkpoint has no model weights and architecture "
+        raise ModelError(f"{where}: checkpoint has no model weights and architecture "
                          f"(keys: {', '.join(map(str, ckpt))})")
     if isinstance(arch, dict) and isinstance(arch.get("arch"), dict):
         arch = arch["arch"]  # a tools.train TrainConfig
@@ -76,10 +89,7 @@ def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
     resize_like(model, state)
     model.load_state_dict(state)
     set_skip_scale(model, float(ckpt.get("skip_scale", 1.0)))
-    meta = {k: v for k, v in ckpt.items()
-            if k not in STATE_KEYS and k not in ("optimizer", "optim", "scheduler", "rng")}
-    meta["arch"] = cfg.to_dict()
-    return model.eval(), meta
+    return model
 
 
 def set_skip_scale(model: Student, scale: float) -> None:

@@ -114,17 +114,12 @@ def call_with_pipeline(model: str, paths: list[Path], threads: int,
 def call_with_checkpoint(ckpt: Path, paths: list[Path],
                          max_reads: int | None) -> tuple[dict[str, str], int]:
     """Basecall with a training checkpoint (torch, whole reads, greedy)."""
-    import torch
 
     from edgecall.signal import Normalisation, normalise, resample
-    from tools.arch import ArchConfig, Student, set_skip_scale
+    from tools.compress import load_student
     from tools.train import call_reads
 
-    st = torch.load(ckpt, weights_only=False)
-    model = Student(ArchConfig(**st["config"]["arch"]))
-    model.load_state_dict(st["model"])
-    set_skip_scale(model, float(st.get("skip_scale", 1.0)))
-    model.eval()
+    model, _ = load_student(ckpt)
     seqs: dict[str, str] = {}
     samples = 0
     for read in _iter_reads(paths, max_reads):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.arch import ArchConfig, Block, Student, count_params, macs_per_sample
+from tools.arch import Block, Student, count_params, macs_per_sample
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,11 @@ class Folded(nn.Module):
 
 
 def load_checkpoint(path: Path) -> tuple[Student, dict]:
-    """Student (eval mode, skip scale restored) and the raw checkpoint dict."""
-    from tools.arch import set_skip_scale
+    """Student (eval mode, skip scale restored, pruned widths kept) and the raw checkpoint."""
+    from tools.compress import student_from_checkpoint
 
     st = torch.load(path, weights_only=False)
-    model = Student(ArchConfig(**st["config"]["arch"]))
-    model.load_state_dict(st["model"])
-    set_skip_scale(model, float(st.get("skip_scale", 1.0)))
-    return model.eval(), st
+    return student_from_checkpoint(st, path).eval(), st
 
 
 def export_onnx(model: Student, path: Path, chunk: int = 3600) -> Path:

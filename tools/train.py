@@ -32,14 +32,16 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.arch import ArchConfig, Student, count_params, macs_per_sample, set_skip_scale
+from tools.arch import ArchConfig, Student, count_params, set_skip_scale
+from tools.compress import macs_per_sample as macs_of
+from tools.compress import resize_like, student_from_checkpoint
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +251,13 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     arch = ArchConfig(**cfg.arch)
+    start = torch.load(resume if resume is not None else init, weights_only=False) \
+        if resume is not None or init is not None else None
     model = Student(arch)
+    if start is not None:  # pruned students have per-layer widths: take the shapes first
+        resize_like(model, start["model"])
+        model.load_state_dict(start["model"])
+        log.info("weights from %s", resume if resume is not None else init)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = ChunkData(cfg.train)
     val = ChunkData(cfg.val)
@@ -263,12 +271,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
         rmat = resample_matrix(int(data.teacher.shape[1]), 3, t_len // arch.stride, arch.stride)
     step, epoch, pos, elapsed = 0, 0, 0, 0.0
     perm = torch.randperm(len(data))
-    if init is not None and resume is None:
-        model.load_state_dict(torch.load(init, weights_only=False)["model"])
-        log.info("initialised weights from %s", init)
     if resume is not None:
-        st = torch.load(resume, weights_only=False)
-        model.load_state_dict(st["model"])
+        st = start
         opt.load_state_dict(st["optimizer"])
         step, epoch, pos, perm, elapsed = (st["step"], st["epoch"], st["pos"], st["perm"],
                                            st["elapsed"])
@@ -279,7 +283,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
             perm, pos = torch.randperm(len(data)), 0
         log.info("resumed %s at step %d (%.0f s trained)", resume, step, elapsed)
     log.info("run %s: %d params, %.0f MACs/sample, %d train / %d val chunks, "
-             "%s", cfg.run, count_params(model), macs_per_sample(arch), len(data), len(val),
+             "%s", cfg.run, count_params(model), macs_of(model, arch.stride), len(data), len(val),
              f"{cfg.hours} h" if cfg.hours > 0 else f"{cfg.max_steps} steps")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     csv_path = out / "log.csv"
@@ -426,6 +430,14 @@ def run(args: argparse.Namespace) -> int:
         arch = ArchConfig(channels=args.channels, depth=args.depth, kernel=args.kernel,
                           stem_kernel=args.stem_kernel, stride=args.stride,
                           skips=not args.no_skips)
+        if args.init_from is not None:
+            # fine-tuning keeps the starting network's architecture; a skip-free start
+            # (SkipClip finished, or a pruned student) stays skip-free
+            init = student_from_checkpoint(torch.load(args.init_from, weights_only=False),
+                                           args.init_from)
+            arch = replace(init.cfg, skips=any(b.skip for b in init.blocks))
+            log.info("architecture from %s (skips %s); --channels/--depth/... ignored",
+                     args.init_from, arch.skips)
         cfg = TrainConfig(run=args.run, train=str(args.data / "train.npz"),
                           val=str(args.data / "val.npz"),
                           val_reads=str(args.data / "val_reads.npz"),
