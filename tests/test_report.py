@@ -155,3 +155,43 @@ def test_default_must_map_as_many_reads() -> None:
 def test_no_default_from_an_untrained_parent() -> None:
     rows = [_row("fp32", "fp32", 0.0, 1e5), _row("a", "int8", 0.0, 2e5)]
     assert R.choose_default(rows, "ecoli") is None
+
+
+def test_trained_student_variants(tmp_path: Path) -> None:
+    """``--trained``: a pruned student trained elsewhere gets FP32, PTQ and QAT variants."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from tools.arch import ArchConfig, Student
+    from tools.compress import count_params, fold, save_student, set_skip_scale
+    from tools.prune import structured
+    from tools.variants import Builder, parent_card
+
+    torch.manual_seed(0)
+    parent = Student(ArchConfig(channels=16, depth=2, kernel=5, stem_kernel=5, stride=4))
+    set_skip_scale(parent, 0.0)
+    parent.eval()
+    ppath = save_student(parent, tmp_path / "parent.pt")
+    small = structured(parent, 0.5)
+    spath = save_student(small, tmp_path / "small.pt")
+    card = parent_card(ppath, None)
+    chunks = np.random.default_rng(0).standard_normal((24, card.chunk_size)).astype(np.float32)
+    b = Builder(parent, card, chunks, tmp_path / "w", steps=2, batch=4, qat_steps=2)
+    b.add_trained("small", spath)
+    files = b.build("small") + b.build("small>PTQ") + b.build("small>QAT")
+    assert [f.precision for f in files] == ["fp32", "int8", "int8"]
+    assert files[0].technique.startswith("struct 50% > ")
+    assert files[0].params == count_params(fold(small)) < count_params(fold(parent))
+    x = chunks[:2, None, :1200]
+    want = fold(small)(torch.from_numpy(x)).detach().numpy()
+    outs = [ort.InferenceSession(str(f.path), providers=["CPUExecutionProvider"])
+            .run(None, {"signal": x})[0] for f in files]
+    np.testing.assert_allclose(outs[0], want, atol=1e-4)
+    for got in outs[1:]:  # INT8 of the same network: same frame labels almost everywhere
+        assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.8
+    with pytest.raises(ValueError, match="plain name"):
+        b.add_trained("fp32", spath)
+    with pytest.raises(Exception, match="LABEL=CHECKPOINT"):
+        R.parse_trained(["nolabel"])
+    with pytest.raises(Exception, match="no such checkpoint"):
+        R.parse_trained([f"x={tmp_path / 'none.pt'}"])

@@ -430,12 +430,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="build the variants, write their list here, measure nothing")
     p.add_argument("--from-files", type=Path, nargs="+", metavar="JSON",
                    help="measure variants built by --build-only runs (in one run)")
+    p.add_argument("--trained", nargs="+", default=[], metavar="LABEL=CKPT",
+                   help="students trained elsewhere (e.g. a pruned student fine-tuned with "
+                        "tools train --init-from): adds LABEL, LABEL>PTQ, tflite_int8_LABEL "
+                        "(LABEL>QAT on request in --variants)")
     p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
                    help="skip the per-conv INT8 sensitivity section")
     p.add_argument("--apply", action="store_true",
                    help="with --card: add the variants to the parent's card and make the "
                         "fastest INT8 model within 1.0 pp the default (<name>_int8)")
     p.set_defaults(func=run)
+
+
+def parse_trained(specs: list[str]) -> dict[str, Path]:
+    """``LABEL=CKPT`` pairs of ``--trained`` (checkpoints must exist)."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise InputError(f"--trained {spec}: expected LABEL=CHECKPOINT")
+        if not Path(path).is_file():
+            raise InputError(f"--trained {spec}: {path}: no such checkpoint")
+        out[label] = Path(path)
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -467,7 +484,8 @@ def run(args: argparse.Namespace) -> int:
         files, chunks = build_all(args.checkpoint, card, args.data, work=args.work,
                                   steps=args.steps, qat_steps=args.qat_steps,
                                   which=args.variants, exclude=exclude,
-                                  threads=args.threads, batch=args.batch_size, lr=args.lr)
+                                  threads=args.threads, batch=args.batch_size, lr=args.lr,
+                                  trained=parse_trained(args.trained))
         build_s = time.time() - t0
     if args.build_only:
         print(save_files(files, args.build_only, build_s))
@@ -529,7 +547,12 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
         return f"{card_dir}: variants added; no INT8 model within 1.0 pp: default unchanged"
     extra = {}
     pct = re.search(r"struct(?:ured)? (\d+)%", best.technique)
-    if pct:  # the pruned FP32 model and its TFLite INT8 export travel with the default
+    base = re.fullmatch(r"(.+)>(?:PTQ|QAT)", best.variant)
+    if base and (base.group(1), "onnx") in by:  # a --trained student's INT8
+        extra["fp32"] = Path(by[(base.group(1), "onnx")].path)
+        if (f"tflite_int8_{base.group(1)}", "tflite") in by:
+            extra["tflite_int8"] = Path(by[(f"tflite_int8_{base.group(1)}", "tflite")].path)
+    elif pct:  # the pruned FP32 model and its TFLite INT8 export travel with the default
         fp32 = Path(best.path).parent / f"structured{pct.group(1)}.onnx"
         if fp32.is_file():
             extra["fp32"] = fp32

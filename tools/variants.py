@@ -94,7 +94,25 @@ class Builder:
         self.stride = card.stride
         self.teacher = fold(self.parent)
         self._pruned: dict[str, Any] = {}
+        self.trained: dict[str, tuple[Path, Any, str]] = {}
         work.mkdir(parents=True, exist_ok=True)
+
+    def add_trained(self, label: str, checkpoint: Path) -> None:
+        """A student trained elsewhere (e.g. a pruned student fine-tuned by ``tools train``).
+
+        Its variants are ``<label>`` (FP32), ``<label>>PTQ``, ``<label>>QAT`` and
+        ``tflite_int8_<label>``; the technique names its training from the checkpoint.
+        """
+        if not re.fullmatch(r"[A-Za-z][\w.-]*", label) or label in ALL:
+            raise ValueError(f"--trained {label}=...: label must be a plain name, not a variant")
+        student, meta = load_student(checkpoint)
+        cfg = meta.get("config") or {}
+        width = mean_width(student) / mean_width(self.parent)
+        how = f"{cfg.get('run', checkpoint.parent.name)}: step {meta.get('step', '?')}, " \
+              f"{float(meta.get('elapsed', 0)) / 3600:.1f} h tools train (CTC + KD alpha " \
+              f"{cfg.get('kd_alpha', '?')})"
+        tech = f"struct {round(100 * (1 - width))}% > {how}" if width < 0.999 else how
+        self.trained[label] = (checkpoint, fold(student), tech)
 
     def onnx(self, name: str, net: FoldedNet) -> Path:
         """Export a folded net as ``<name>.onnx``."""
@@ -175,6 +193,9 @@ class Builder:
                              self.stride)]
         if name == "QAT>P>QAT":
             return [self._qat_prune_qat(name)]
+        trained = re.fullmatch(r"(?:tflite_int8_)?([^>]+)(?:>(PTQ|QAT))?", name)
+        if trained and trained.group(1) in self.trained:
+            return [self._trained(name, trained.group(1), trained.group(2))]
         if name.startswith("tflite_"):
             return [self._tflite(name)]
         raise ValueError(f"unknown variant {name!r} (choose from {', '.join(ALL)})")
@@ -192,6 +213,30 @@ class Builder:
                          activation=ACTIVATION)
         return describe(name, "QAT > struct 50% > QAT", "int8", out, strip_fake_quant(final),
                         self.stride)
+
+    def _trained(self, name: str, label: str, quant: str | None) -> ModelFile:
+        """FP32, PTQ, QAT or TFLite INT8 of a ``--trained`` student."""
+        _, net, tech = self.trained[label]
+        if name.startswith("tflite_int8_"):
+            from tools.tflite_export import export_tflite
+
+            out = export_tflite(net, self.work / f"{_safe(name)}.tflite", batch=self.batch,
+                                length=self.card.chunk_size, int8=True,
+                                chunks=self.chunks[:CALIB_CHUNKS // 2])
+            return describe(name, f"full-integer {tech}", "int8", out, net, self.stride)
+        if quant is None:
+            return describe(name, tech, "fp32", self.onnx(label, net), net, self.stride)
+        if quant == "PTQ":
+            src = self.work / f"{_safe(label)}.onnx"
+            if not src.is_file():
+                self.onnx(label, net)
+            out = ptq(src, self.work / f"{_safe(name)}.onnx", self.calib, activation=ACTIVATION)
+            return describe(name, f"{tech} > PTQ", "int8", out, net, self.stride)
+        qnet = self.qat_net(net)
+        out = export_qat(qnet, self.work / f"{_safe(name)}.onnx", self.calib, length=TRAIN_LEN,
+                         activation=ACTIVATION)
+        return describe(name, f"{tech} > QAT {self.qat_steps}", "int8", out,
+                        strip_fake_quant(qnet), self.stride)
 
     def _tflite(self, name: str) -> ModelFile:
         """TFLite FP32 / INT8 of the parent or of the structured-50 % student."""
@@ -274,8 +319,8 @@ def load_files(paths: Sequence[Path]) -> tuple[list[ModelFile], float]:
 def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: Path,
               steps: int, qat_steps: int | None = None, which: str = "all",
               exclude: set[str] | None = None,
-              threads: int = 2, batch: int = 16,
-              lr: float = 2e-3) -> tuple[list[ModelFile], np.ndarray]:
+              threads: int = 2, batch: int = 16, lr: float = 2e-3,
+              trained: dict[str, Path] | None = None) -> tuple[list[ModelFile], np.ndarray]:
     """Build the requested variants; returns their files and the real chunks used."""
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(0)
@@ -285,6 +330,10 @@ def build_all(checkpoint: Path, card: ModelCard, data: Sequence[str], *, work: P
     chunks = real_chunks(card, data, exclude)
     builder = Builder(parent, card, chunks, work / _safe(card.name), steps, batch, lr,
                       qat_steps)
+    for label, path in (trained or {}).items():
+        builder.add_trained(label, path)
+        names = (*names, *[n for n in (label, f"{label}>PTQ", f"tflite_int8_{label}")
+                           if n not in names])
     files: list[ModelFile] = []
     for name in ("fp32", *[n for n in names if n != "fp32"]):
         log.info("building variant %s", name)
