@@ -191,6 +191,30 @@ def test_trained_student_variants(tmp_path: Path) -> None:
         assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.8
     with pytest.raises(ValueError, match="plain name"):
         b.add_trained("fp32", spath)
+    # --apply: the default made from the trained student carries its own provenance
+    import json
+
+    side = json.loads((tmp_path / "w" / "small.train.json").read_text())
+    assert side["block_channels"] == [8, 8] and "tools.train" in side["training"]["command"]
+    models = tmp_path / "models"
+    parent_dir = modelkit.make_test_model(models / "parent", name="parent")
+    by = dict(zip(["small", "small>PTQ", "small>QAT"], files, strict=True))
+    rows = [R.Row(n, f.technique, f.precision, "onnx", str(f.path), 1.0, 1.0, f.params,
+                  f.nonzero, f.macs_per_sample, identity={"e": 0.9}, agreement=1.0,
+                  speed={"onnx": 1e6 * (i + 1)}) for i, (n, f) in enumerate(by.items())]
+    rows.append(R.Row("fp32", "parent", "fp32", "onnx", str(parent_dir / "model.onnx"), 2.0,
+                      1.0, 9, 9, 9.0, identity={"e": 0.905}, agreement=1.0,
+                      speed={"onnx": 5e5}))
+    best = R.choose_default(rows, "e")
+    assert best is not None and best.variant == "small>QAT"
+    R.apply(rows, best, parent_dir, report="r.md", eval_set="e")
+    from edgecall.models import load_card, verify
+
+    card = load_card(models / "parent_int8")
+    verify(card)
+    assert card.raw["architecture"]["block_channels"] == [8, 8]
+    assert card.raw["training"]["command"] == side["training"]["command"]
+    assert card.variants["fp32_unquantised"] == "model.onnx"
     with pytest.raises(Exception, match="LABEL=CHECKPOINT"):
         R.parse_trained(["nolabel"])
     with pytest.raises(Exception, match="no such checkpoint"):

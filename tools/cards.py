@@ -65,7 +65,8 @@ def make_default(parent: Path, int8_model: Path, *, name: str, rows: dict[str, A
 
     ``rows`` carries what the card records: ``technique``, ``params``,
     ``macs_per_sample``, ``identity`` (per eval set), ``parent_identity``,
-    ``onnx_sps``, ``parent_onnx_sps``, ``report``.
+    ``onnx_sps``, ``parent_onnx_sps``, ``report``; a student trained after pruning
+    adds ``training`` (its own ``[training]`` table) and ``block_channels``.
     """
     card = copy.deepcopy(_read(parent))
     folder = parent.parent / name
@@ -87,8 +88,14 @@ def make_default(parent: Path, int8_model: Path, *, name: str, rows: dict[str, A
         precision="int8 QDQ (per-channel symmetric 7-bit weights)",
         onnxruntime_samples_per_s=float(rows["onnx_sps"]),
         onnxruntime_threads=int(rows.get("threads", 1)))
+    if rows.get("block_channels"):
+        widths = [int(w) for w in rows["block_channels"]]
+        card["architecture"].update(channels=max(widths), block_channels=widths)
     card["accuracy"] = {k: {"median_identity": v} for k, v in rows["identity"].items()}
-    card["compression"] = {"parent": card.get("training", {}).get("command", ""),
+    parent_training = card.get("training", {}).get("command", "")
+    if rows.get("training"):
+        card["training"] = dict(rows["training"])
+    card["compression"] = {"parent_training": parent_training,
                            "parent_model": _read(parent)["name"],
                            "technique": rows["technique"], "report": rows["report"],
                            "parent_identity": rows["parent_identity"],

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.arch import Block, Student, count_params, macs_per_sample
+from tools.arch import Block, Student, count_params
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,48 @@ def ort_samples_per_s(path: Path, chunk: int, batch: int = 16, threads: int = 2,
     return batch * chunk * repeats / (time.perf_counter() - t0)
 
 
+def training_command(config: dict) -> str:
+    """The command line that trained a checkpoint, rebuilt from its saved config.
+
+    A run started ``--init-from`` a pruned student (``tools prune``) is prefixed with
+    the pruning command recorded in that file.
+    """
+    cmd = "python -m tools.train " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in config.items()
+        if k in ("run", "init_from", "lr", "batch_size", "hours", "kd_alpha", "kd_tau")
+        and v not in ("", None))
+    init = Path(config.get("init_from") or "")
+    if init.is_file():
+        meta = torch.load(init, map_location="cpu", weights_only=False)
+        if isinstance(meta, dict) and "method" in meta and "parent" in meta:
+            amounts = " ".join(str(a) for a in np.atleast_1d(meta.get("amount", [])))
+            cmd = (f"python -m tools prune {meta['parent']} --method {meta['method']} "
+                   f"--amount {amounts} --steps {meta.get('steps', 0)} --out {init} && {cmd}")
+    return cmd
+
+
+def training_record(ckpt: dict, teacher: str) -> dict:
+    """The card's ``[training]`` table for a ``tools train`` checkpoint."""
+    return {"command": training_command(ckpt.get("config", {})),
+            "step": int(ckpt.get("step", 0)),
+            "trained_seconds": round(float(ckpt.get("elapsed", 0.0))), "teacher": teacher}
+
+
+def block_widths(model: Student) -> list[int]:
+    """Output channels of every block (per-layer after structured pruning)."""
+    return [int(b.pw.out_channels) for b in model.blocks]
+
+
 def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[dict],
                samples_per_s: float, chunk: int, overlap: int, description: str,
                default: bool, command: str, pore: str = "r9.4.1",
                measured_rates: tuple[int, ...] = (4000,), teacher: str = "") -> Path:
     """Write ``card.toml`` for an exported model folder (4 kHz student, ``pore`` chemistry)."""
     from edgecall.models import FLOW_CELLS, sha256_file, write_card_toml
+    from tools.compress import macs_per_sample as macs_of
 
     cfg = model.cfg
+    widths = block_widths(model)
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
              if p.is_file() and p.name != "card.toml"}
     accuracy = {}
@@ -144,9 +178,11 @@ def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[
                   "chunk_size": chunk, "overlap": overlap, "output": "log_softmax"},
         "normalisation": {"method": "median_mad", "clip": 0.0},
         "architecture": {**{k: v for k, v in cfg.to_dict().items() if k != "skips"},
+                         **({"channels": max(widths), "block_channels": widths}
+                            if widths != [cfg.channels] * cfg.depth else {}),
                          "skips": bool(cfg.skips and ckpt.get("skip_scale", 1.0) > 0),
                          "params": count_params(model),
-                         "macs_per_sample": round(macs_per_sample(cfg), 1),
+                         "macs_per_sample": round(macs_of(model, cfg.stride), 1),
                          "onnxruntime_samples_per_s": round(samples_per_s),
                          "onnxruntime_threads": 2},
         "files": files,
@@ -191,9 +227,7 @@ def run(args: argparse.Namespace) -> int:
     onnx_path = export_onnx(model, args.folder / "model.onnx", args.chunk)
     sps = ort_samples_per_s(onnx_path, args.chunk)
     evals = [json.loads(p.read_text()) for p in args.eval_json]
-    command = args.command or "python -m tools.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in st["config"].items()
-        if k in ("run", "lr", "batch_size", "hours", "kd_alpha", "kd_tau"))
+    command = args.command or training_command(st["config"])
     write_card(args.folder, args.name or args.folder.name, model, st, evals, sps, args.chunk,
                args.overlap, args.description, args.default, command, pore=args.pore,
                measured_rates=tuple(args.measured_rates), teacher=args.teacher)

@@ -546,10 +546,14 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
     if best is None or parent is None:
         return f"{card_dir}: variants added; no INT8 model within 1.0 pp: default unchanged"
     extra = {}
+    provenance: dict = {}
     pct = re.search(r"struct(?:ured)? (\d+)%", best.technique)
     base = re.fullmatch(r"(.+)>(?:PTQ|QAT)", best.variant)
     if base and (base.group(1), "onnx") in by:  # a --trained student's INT8
         extra["fp32"] = Path(by[(base.group(1), "onnx")].path)
+        sidecar = extra["fp32"].with_suffix(".train.json")
+        if sidecar.is_file():  # its own training command, steps and per-block widths
+            provenance = json.loads(sidecar.read_text())
         if (f"tflite_int8_{base.group(1)}", "tflite") in by:
             extra["tflite_int8"] = Path(by[(f"tflite_int8_{base.group(1)}", "tflite")].path)
     elif pct:  # the pruned FP32 model and its TFLite INT8 export travel with the default
@@ -566,5 +570,5 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
         "parent_identity": parent.identity.get(eval_set, 0.0),
         "onnx_sps": best.speed.get("onnx", 0.0),
         "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report,
-        "threads": threads})
+        "threads": threads, **provenance})
     return f"default for {card_dir.name}'s chemistry is now {name} ({best.variant})"

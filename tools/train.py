@@ -77,6 +77,7 @@ class TrainConfig:
     commit_minutes: float = 25.0
     threads: int = 2
     commit: bool = True  # copy + git-commit checkpoints under tools/checkpoints/<run>
+    init_from: str = ""  # the checkpoint a fine-tuning run started from (provenance)
 
 
 def resample_matrix(n_in: int, stride_in: int, n_out: int, stride_out: int) -> torch.Tensor:
@@ -438,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
             arch = replace(init.cfg, skips=any(b.skip for b in init.blocks))
             log.info("architecture from %s (skips %s); --channels/--depth/... ignored",
                      args.init_from, arch.skips)
+            overrides["init_from"] = str(args.init_from)
         cfg = TrainConfig(run=args.run, train=str(args.data / "train.npz"),
                           val=str(args.data / "val.npz"),
                           val_reads=str(args.data / "val_reads.npz"),

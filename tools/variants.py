@@ -14,6 +14,7 @@ so the orderings of pruning and quantisation are compared at equal cost:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import platform
 import re
@@ -113,6 +114,13 @@ class Builder:
               f"{cfg.get('kd_alpha', '?')})"
         tech = f"struct {round(100 * (1 - width))}% > {how}" if width < 0.999 else how
         self.trained[label] = (checkpoint, fold(student), tech)
+        # provenance for the card of a default made from this student (tools report --apply)
+        from tools.export import block_widths, training_record
+
+        record = {"training": training_record(meta, self.card.raw.get("training", {}).get(
+            "teacher", "")), "block_channels": block_widths(student), "checkpoint": str(
+            checkpoint)}
+        (self.work / f"{_safe(label)}.train.json").write_text(json.dumps(record, indent=1))
 
     def onnx(self, name: str, net: FoldedNet) -> Path:
         """Export a folded net as ``<name>.onnx``."""
