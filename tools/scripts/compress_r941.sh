@@ -9,6 +9,7 @@
 #      TRAINED="LABEL=CKPT ..." (students trained by tools train, e.g. a pruned student
 #      fine-tuned with --init-from: built as LABEL, LABEL>PTQ, LABEL>QAT, tflite_int8_LABEL),
 #      EXTRA_B (more variants for the second build, e.g. unstructured85,delayed50),
+#      EXTRA_D (variants for a fourth build process "d", STEPS_B steps per stage),
 #      REUSE=1 (keep the a/b builds of an earlier run when their JSON exists)
 set -eu
 cd "$(dirname "$0")/../.."
@@ -44,6 +45,9 @@ build b "${STEPS_B:-600}" "$B${EXTRA_B:+,$EXTRA_B}"
 if [ -n "${TRAINED:-}" ]; then
     QATS=$(for t in $TRAINED; do printf ',%s>QAT' "${t%%=*}"; done)
     build c "${STEPS_B:-600}" "fp32$QATS" --trained $TRAINED
+fi
+if [ -n "${EXTRA_D:-}" ]; then
+    build d "${STEPS_B:-600}" "fp32,$EXTRA_D"
 fi
 for p in "${PIDS[@]}"; do wait "$p"; done
 python -m tools report "${COMMON[@]}" --steps "${STEPS_A:-2000}" --qat-steps "${QAT_STEPS:-600}" \
