@@ -163,3 +163,38 @@ def test_cli_ptq_with_mixed_precision(fp32: Path, tmp_path: Path,
                        "--keep-fp32", "first-last", "--out", str(out)]) == 0
     assert "fp32 kept: " in capsys.readouterr().out
     assert len(_weight_scales(out)) == len(Q.conv_nodes(fp32)) - 2
+
+
+def _logp(labels: list[int], frames_per_label: int = 3) -> np.ndarray:
+    """Peaky log-probs whose greedy CTC path decodes to ``labels`` (blank between)."""
+    path = []
+    for lab in labels:
+        path += [lab] * (frames_per_label - 1) + [0]
+    lp = np.full((len(path), 5), -20.0, np.float32)
+    lp[np.arange(len(path)), path] = 0.0
+    return lp
+
+
+def test_sequence_identity_of_decoded_chunks() -> None:
+    from tools.compress import sequence_identity
+
+    seq = [1, 2, 3, 4, 1, 1, 2, 3, 4, 4] * 10  # 100 labels, with repeats split by blanks
+    ref = _logp(seq)[None]
+    assert sequence_identity(ref, ref.copy()) == 1.0
+    sub = list(seq)
+    sub[10] = 4 if sub[10] != 4 else 3
+    del sub[50]  # one substitution and one deletion
+    assert sequence_identity(ref, _logp(sub)[None]) == pytest.approx(1 - 2 / 100)
+
+
+def test_fp32_export_is_held_to_the_torch_model(tmp_path: Path) -> None:
+    from tools.compress import check_fp32_export, onnx_vs_torch
+
+    net, other = _folded(0), _folded(1)
+    chunks = _chunks(8)
+    path = export_onnx(net, tmp_path / "a.onnx", length=300, check=chunks)  # passes
+    stats = onnx_vs_torch(path, net, chunks)
+    assert stats["max_abs"] < 1e-4 and stats["sequence_identity"] == 1.0
+    bad = onnx_vs_torch(path, other, chunks)  # the file is not this network
+    with pytest.raises(ModelError, match="export differs from the PyTorch model"):
+        check_fp32_export(bad, str(path))

@@ -159,6 +159,56 @@ def macs_per_sample(model: nn.Module, stride: int) -> float:
     return total / stride
 
 
+# --------------------------------------------------------------------------- export checks
+
+#: an FP32 export (ONNX, TFLite) must match the PyTorch model this closely on real chunks
+EXPORT_MAX_ABS = 1e-3  # log-probability units
+EXPORT_MIN_SEQUENCE_IDENTITY = 0.995  # greedy-decoded sequences, 1 - edits / length
+
+
+def _edits(a: np.ndarray, b: np.ndarray) -> int:
+    """Levenshtein distance of two label sequences (one numpy row per label of ``a``)."""
+    row = np.arange(len(b) + 1)
+    for i, x in enumerate(a, 1):
+        sub = row[:-1] + (b != x)
+        new = np.empty_like(row)
+        new[0] = i
+        new[1:] = np.minimum(row[1:] + 1, sub)
+        new = np.minimum.accumulate(new - np.arange(len(b) + 1)) + np.arange(len(b) + 1)
+        row = new
+    return int(row[-1])
+
+
+def _greedy_labels(logp: np.ndarray) -> np.ndarray:
+    """Greedy CTC path -> label indices (repeats collapsed, blanks dropped)."""
+    best = logp.argmax(-1)
+    keep = (best != 0) & np.concatenate(([True], best[1:] != best[:-1]))
+    return best[keep]
+
+
+def sequence_identity(ref: np.ndarray, out: np.ndarray) -> float:
+    """1 - total edit distance / total length of the greedy basecalls of ``ref``.
+
+    ``ref`` and ``out`` are ``[N, frames, classes]`` log-probabilities of the same chunks.
+    """
+    edits = total = 0
+    for r, o in zip(ref, out, strict=True):
+        a, b = _greedy_labels(r), _greedy_labels(o)
+        edits += _edits(a, b)
+        total += max(len(a), 1)
+    return 1.0 - edits / max(total, 1)
+
+
+def check_fp32_export(stats: dict[str, float], what: str) -> None:
+    """Raise unless an FP32 export matched PyTorch (see :data:`EXPORT_MAX_ABS`)."""
+    if stats["max_abs"] > EXPORT_MAX_ABS or \
+            stats["sequence_identity"] < EXPORT_MIN_SEQUENCE_IDENTITY:
+        raise ModelError(
+            f"{what}: export differs from the PyTorch model (max |d logp| "
+            f"{stats['max_abs']:.3g} > {EXPORT_MAX_ABS:g} or decoded-sequence identity "
+            f"{stats['sequence_identity']:.4f} < {EXPORT_MIN_SEQUENCE_IDENTITY})")
+
+
 # --------------------------------------------------------------------------- folding
 
 def fold_conv_bn(conv: nn.Conv1d, bn: nn.Module) -> nn.Conv1d:
@@ -236,8 +286,13 @@ def fold(student: Student) -> FoldedNet:
         student.cfg.activation, student.cfg.stride).eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, length: int = 1200) -> Path:
-    """Export the edgecall model contract (opset 17, dynamic N and T) to ``path``."""
+def export_onnx(model: nn.Module, path: str | Path, *, length: int = 1200,
+                check: np.ndarray | None = None) -> Path:
+    """Export the edgecall model contract (opset 17, dynamic N and T) to ``path``.
+
+    With ``check`` (``[M, T]`` real chunks) the file is run in onnxruntime and held to
+    :func:`check_fp32_export` against ``model``.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     stride = int(getattr(model, "stride", None) or model.cfg.stride)  # type: ignore[union-attr]
@@ -252,7 +307,19 @@ def export_onnx(model: nn.Module, path: str | Path, *, length: int = 1200) -> Pa
     graph = onnx.load(str(p))
     if _inline_identities(graph):
         onnx.save(graph, str(p))
+    if check is not None:
+        check_fp32_export(onnx_vs_torch(p, model, check), str(p))
     return p
+
+
+def onnx_vs_torch(path: str | Path, model: nn.Module, chunks: np.ndarray) -> dict[str, float]:
+    """:func:`tools.quantize.compare` of an ONNX file against ``model`` on ``chunks``."""
+    from tools.quantize import compare, run_onnx
+
+    x = np.ascontiguousarray(chunks, dtype=np.float32)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x[:, None, :])).numpy()
+    return compare(ref, run_onnx(path, x))
 
 
 def _inline_identities(model: onnx.ModelProto) -> bool:

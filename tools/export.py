@@ -101,6 +101,22 @@ def export_onnx(model: Student, path: Path, chunk: int = 3600) -> Path:
     return path
 
 
+def check_export(path: Path, model: Student, data: list, chunk: int, pore: str) -> dict:
+    """Hold the ONNX file to the PyTorch model on real (or random) chunks; log the numbers."""
+    from tools.compress import check_fp32_export, load_chunks, onnx_vs_torch
+
+    if data:
+        chunks = load_chunks(data, chunk_size=chunk, max_chunks=16, pore=pore)
+    else:
+        chunks = np.random.default_rng(0).standard_normal((8, chunk)).astype(np.float32)
+    stats = onnx_vs_torch(path, model, chunks)
+    check_fp32_export(stats, str(path))
+    log.info("%s vs torch on %d %s chunks: max |d logp| %.2g, decoded-sequence identity %.4f",
+             path, len(chunks), "real" if data else "random", stats["max_abs"],
+             stats["sequence_identity"])
+    return stats
+
+
 def ort_samples_per_s(path: Path, chunk: int, batch: int = 16, threads: int = 2,
                       repeats: int = 3) -> float:
     """onnxruntime throughput in input samples per second on this machine."""
@@ -213,6 +229,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measured-rates", type=int, nargs="*", default=[4000],
                    help="sample rates the card's accuracy numbers were measured at")
     p.add_argument("--teacher", default="", help="what supervised the training (card text)")
+    p.add_argument("--check-data", nargs="*", default=[], metavar="POD5",
+                   help="real reads to check the export on (default: random signal)")
     p.set_defaults(func=run)
 
 
@@ -225,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"chunk {args.chunk} and overlap {args.overlap} must be multiples "
                          f"of the stride {stride}")
     onnx_path = export_onnx(model, args.folder / "model.onnx", args.chunk)
+    check_export(onnx_path, model, args.check_data, args.chunk, args.pore)
     sps = ort_samples_per_s(onnx_path, args.chunk)
     evals = [json.loads(p.read_text()) for p in args.eval_json]
     command = args.command or training_command(st["config"])

@@ -98,11 +98,15 @@ def run_onnx(path: str | Path, chunks: np.ndarray, *, threads: int = 1,
 
 
 def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """KL(ref || out) per frame, max |diff| and per-frame argmax agreement."""
+    """KL(ref || out) per frame, max |diff|, per-frame argmax agreement, and the identity
+    of the greedy-decoded sequences (:func:`tools.compress.sequence_identity`)."""
+    from tools.compress import sequence_identity
+
     p = np.exp(ref)
     kl = float(np.mean(np.sum(p * (ref - out), axis=-1)))
     agree = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
-    return {"kl": kl, "max_abs": float(np.max(np.abs(ref - out))), "label_agreement": agree}
+    return {"kl": kl, "max_abs": float(np.max(np.abs(ref - out))), "label_agreement": agree,
+            "sequence_identity": sequence_identity(ref, out)}
 
 
 # --------------------------------------------------------------------------- PTQ

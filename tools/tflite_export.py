@@ -72,12 +72,23 @@ def export_tflite(model: nn.Module, out: str | Path, *, batch: int = 16, length:
     if int8 and (chunks is None or len(chunks) == 0):
         raise ValueError("full-integer TFLite needs calibration chunks (--data)")
     if have_litert_torch():
-        return _convert(model.eval(), dst, batch, length, int8, chunks)
-    python = os.environ.get("EDGECALL_LITERT_PYTHON")
-    if not python:
-        raise ModelError("TFLite export needs litert-torch (pip install 'edgecall[tflite-export]') "
-                         "or EDGECALL_LITERT_PYTHON pointing at a Python that has it")
-    return _convert_elsewhere(python, model, dst, batch, length, int8, chunks)
+        path = _convert(model.eval(), dst, batch, length, int8, chunks)
+    else:
+        python = os.environ.get("EDGECALL_LITERT_PYTHON")
+        if not python:
+            raise ModelError("TFLite export needs litert-torch (pip install "
+                             "'edgecall[tflite-export]') or EDGECALL_LITERT_PYTHON pointing at "
+                             "a Python that has it")
+        path = _convert_elsewhere(python, model, dst, batch, length, int8, chunks)
+    if not int8:  # FP32 must reproduce the PyTorch model (INT8 is measured, not held to it)
+        from tools.compress import check_fp32_export
+
+        probe = chunks[:batch, :length] if chunks is not None and len(chunks) >= batch else \
+            np.random.default_rng(0).standard_normal((batch, length)).astype(np.float32)
+        with torch.no_grad():
+            ref = model.eval()(torch.from_numpy(np.ascontiguousarray(probe[:, None, :]))).numpy()
+        check_fp32_export(check_tflite(path, ref, probe), str(path))
+    return path
 
 
 def _convert(model: nn.Module, dst: Path, batch: int, length: int, int8: bool,
@@ -175,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     stats = check_tflite(args.out, ref, probe)
     print(f"{args.out}: {'int8' if args.int8 else 'fp32'} [{args.batch},1,{args.chunk_size}]; "
           f"vs torch max |d logp| {stats['max_abs']:.4g}, frame agreement "
-          f"{stats['label_agreement']:.4f}")
+          f"{stats['label_agreement']:.4f}, decoded-sequence identity "
+          f"{stats['sequence_identity']:.4f}")
     return 0
 
 

@@ -124,7 +124,8 @@ class Builder:
 
     def onnx(self, name: str, net: FoldedNet) -> Path:
         """Export a folded net as ``<name>.onnx``."""
-        return export_onnx(net, self.work / f"{_safe(name)}.onnx", length=TRAIN_LEN)
+        return export_onnx(net, self.work / f"{_safe(name)}.onnx", length=TRAIN_LEN,
+                           check=self.calib[:16])
 
     def pruned(self, method: str, amount: float) -> Any:
         """A pruned + distilled student (cached by method/amount)."""

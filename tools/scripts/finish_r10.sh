@@ -14,7 +14,7 @@ R=$DATA/r10.4.1
 CACHE=${EDGECALL_CACHE:-/work/cache}
 N=$(basename "$M")
 export OMP_NUM_THREADS=1
-python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400 --pore r10.4.1 "$@"
+python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400 --pore r10.4.1 --check-data "$R/remora_can/reads.pod5" "$@"
 python -m tools.evaluate "$M" "$R/remora_can/reads.pod5" --bam "$R/remora_can/mappings.bam" \
     --read-ids "$CACHE/r10/ft/eval_reads.txt" --dataset remora_can_eval7_heldout --threads 2 \
     --json "$CACHE/eval_${N}_remora7.json" | grep -v per_read

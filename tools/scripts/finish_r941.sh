@@ -10,7 +10,7 @@ DATA=${EDGECALL_SHARED_DATA:-../shared/data}
 E=$DATA/r9.4.1/ecoli
 CACHE=${EDGECALL_CACHE:-/work/cache}
 export OMP_NUM_THREADS=1
-python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400
+python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400 --check-data "$E/reads.pod5"
 python -m tools.evaluate "$M" "$E/reads.pod5" --reference "$E/reference.fa.gz" \
     --read-ids "$CACHE/r941/val_read_ids.txt" --dataset ecoli_val12_heldout --threads 2 \
     --json "$CACHE/eval_$(basename "$M")_val12.json" | grep -v per_read
