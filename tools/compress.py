@@ -179,21 +179,17 @@ def _edits(a: np.ndarray, b: np.ndarray) -> int:
     return int(row[-1])
 
 
-def _greedy_labels(logp: np.ndarray) -> np.ndarray:
-    """Greedy CTC path -> label indices (repeats collapsed, blanks dropped)."""
-    best = logp.argmax(-1)
-    keep = (best != 0) & np.concatenate(([True], best[1:] != best[:-1]))
-    return best[keep]
-
-
 def sequence_identity(ref: np.ndarray, out: np.ndarray) -> float:
     """1 - total edit distance / total length of the greedy basecalls of ``ref``.
 
-    ``ref`` and ``out`` are ``[N, frames, classes]`` log-probabilities of the same chunks.
+    ``ref`` and ``out`` are ``[N, frames, classes]`` log-probabilities of the same chunks,
+    decoded by the device's greedy decoder (:func:`edgecall.decode.greedy_ref`).
     """
+    from edgecall.decode import greedy_ref
+
     edits = total = 0
     for r, o in zip(ref, out, strict=True):
-        a, b = _greedy_labels(r), _greedy_labels(o)
+        a, b = greedy_ref(r)[0], greedy_ref(o)[0]
         edits += _edits(a, b)
         total += max(len(a), 1)
     return 1.0 - edits / max(total, 1)

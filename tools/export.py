@@ -153,9 +153,10 @@ def training_command(config: dict) -> str:
     return cmd
 
 
-def training_record(ckpt: dict, teacher: str) -> dict:
-    """The card's ``[training]`` table for a ``tools train`` checkpoint."""
-    return {"command": training_command(ckpt.get("config", {})),
+def training_record(ckpt: dict, teacher: str, command: str = "") -> dict:
+    """The card's ``[training]`` table for a ``tools train`` checkpoint (export cards and
+    defaults made from a trained student by ``tools report --apply``)."""
+    return {"command": command or training_command(ckpt.get("config", {})),
             "step": int(ckpt.get("step", 0)),
             "trained_seconds": round(float(ckpt.get("elapsed", 0.0))), "teacher": teacher}
 
@@ -203,10 +204,9 @@ def write_card(folder: Path, name: str, model: Student, ckpt: dict, evals: list[
                          "onnxruntime_threads": 2},
         "files": files,
         "accuracy": accuracy,
-        "training": {"command": command, "step": int(ckpt.get("step", 0)),
-                     "trained_seconds": round(float(ckpt.get("elapsed", 0.0))),
-                     "teacher": teacher or ("deepnano-blitz rnn96 (KD + labels)"
-                                            if pore == "r9.4.1" else "none (CTC on labels)")},
+        "training": training_record(ckpt, teacher or (
+            "deepnano-blitz rnn96 (KD + labels)" if pore == "r9.4.1"
+            else "none (CTC on labels)"), command),
     }
     return write_card_toml(folder, card)
 
