@@ -117,7 +117,7 @@ def test_skip_scale_zero_equals_skip_free_network() -> None:
 
 def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
-    from tools.export import Folded, export_onnx
+    from tools.compress import export_onnx, fold
 
     torch.manual_seed(0)
     model = Student(ArchConfig(channels=8, depth=2, kernel=5, stride=4, skips=False))
@@ -127,7 +127,8 @@ def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
             m.running_var.uniform_(0.5, 2)
             m.weight.data.uniform_(0.5, 1.5)
     model.eval()
-    path = export_onnx(model, tmp_path / "model.onnx", chunk=400)
+    folded = fold(model)
+    path = export_onnx(folded, tmp_path / "model.onnx", length=400)
     x = np.random.default_rng(0).standard_normal((3, 1, 800)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(["logprobs"], {"signal": x})[0]
@@ -136,7 +137,7 @@ def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4)
     ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
     assert "BatchNormalization" not in ops and "Add" not in ops
-    assert len(list(Folded(model).modules())) > 1
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
 
 
 def test_pruned_student_fine_tunes_resumes_and_exports(tmp_path: Path) -> None:
@@ -174,10 +175,73 @@ def test_pruned_student_fine_tunes_resumes_and_exports(tmp_path: Path) -> None:
     train_cli(argparse.Namespace(**{**vars(args), "init_from": None, "max_steps": 5,
                                     "resume": tmp_path / "run" / "last.pt"}))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 5
-    from tools.export import export_onnx
+    from tools.compress import export_onnx, fold
 
     ort = pytest.importorskip("onnxruntime")
-    path = export_onnx(model, tmp_path / "m.onnx", chunk=300)
+    path = export_onnx(fold(model), tmp_path / "m.onnx", length=300)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(["logprobs"], {"signal": x.numpy()})[0]
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_export_cli_writes_a_card_the_device_loads(tmp_path: Path) -> None:
+    """``tools export`` of a pruned, trained checkpoint: card fields, sha256, engine output."""
+    pytest.importorskip("onnxruntime")
+    import argparse
+
+    from edgecall import engines
+    from edgecall.models import ModelError, load_card, verify
+    from tools.compress import save_student
+    from tools.export import load_checkpoint
+    from tools.export import register as export_register
+    from tools.prune import register as prune_register
+    from tools.train import run as train_cli
+
+    folder = _synthetic(tmp_path / "d", n=32)
+    torch.manual_seed(0)
+    parent = Student(ArchConfig(channels=16, depth=2, kernel=5, stem_kernel=5, stride=3))
+    set_skip_scale(parent, 0.0)
+    save_student(parent.eval(), tmp_path / "parent.pt")
+    start = tmp_path / "p.pt"
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    prune_register(sub)
+    export_register(sub)
+    ns = parser.parse_args(["prune", str(tmp_path / "parent.pt"), "--amount", "0.5",
+                            "--out", str(start), "--threads", "1"])
+    assert ns.func(ns) == 0
+    args = argparse.Namespace(
+        run="p", data=folder, out=tmp_path / "run", resume=None, init_from=start,
+        max_steps=2, channels=128, depth=8, kernel=25, stem_kernel=15, stride=4,
+        no_skips=False, no_commit=True, batch_size=8, lr=1e-3, kd_alpha=0.0, kd_tau=None,
+        skipclip_start=None, skipclip_end=None, seed=None, ckpt_minutes=1e9,
+        commit_minutes=None, threads=1, hours=None)
+    assert train_cli(args) == 0
+    ckpt = tmp_path / "run" / "last.pt"
+    out = tmp_path / "models" / "tiny"
+    ns = parser.parse_args(["export", str(ckpt), str(out), "--chunk", "600", "--overlap", "60"])
+    assert ns.func(ns) == 0
+
+    card = load_card(out)
+    verify(card)
+    model, _ = load_checkpoint(ckpt)
+    widths = [b.pw.out_channels for b in model.blocks]
+    arch = card.raw["architecture"]
+    assert card.stride == 3 and card.chunk_size == 600 and card.pore == "r9.4.1"
+    assert arch["block_channels"] == widths and arch["params"] == sum(
+        p.numel() for p in model.parameters())
+    assert card.raw["training"]["step"] == 2
+    assert f"--init-from {start}" in card.raw["training"]["command"]
+    assert (f"tools prune {tmp_path / 'parent.pt'} --method structured --amount 0.5"
+            in card.raw["training"]["command"])  # the pruning step is recorded too
+    assert widths[0] < 16
+    x = np.random.default_rng(1).standard_normal((2, 1, 600)).astype(np.float32)
+    got = engines.create("onnx", card, threads=1).run(x)
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+    (out / "model.onnx").write_bytes((out / "model.onnx").read_bytes()[:-8])
+    with pytest.raises(ModelError, match="sha256"):
+        verify(card)
+    bad = parser.parse_args(["export", str(ckpt), str(tmp_path / "x"), "--chunk", "601"])
+    with pytest.raises(ValueError, match="multiples of the stride 3"):
+        bad.func(bad)

@@ -22,83 +22,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from tools.arch import Block, Student, count_params
+from tools.arch import Student, count_params
+from tools.compress import export_onnx, fold, student_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def fold_bn(conv: nn.Conv1d, bn: nn.Module) -> nn.Conv1d:
-    """A Conv1d with ``bn`` (eval statistics) folded in; Identity bn just copies."""
-    out = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size[0],
-                    stride=conv.stride[0], padding=conv.padding[0], groups=conv.groups,
-                    bias=True)
-    w = conv.weight.detach().clone()
-    b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(w.shape[0])
-    if isinstance(bn, nn.BatchNorm1d):
-        g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        w = w * g[:, None, None]
-        b = (b - bn.running_mean) * g + bn.bias.detach()
-    out.weight.data = w
-    out.bias.data = b
-    return out
-
-
-class Folded(nn.Module):
-    """The inference graph of a :class:`Student` with BatchNorm folded away."""
-
-    def __init__(self, model: Student) -> None:
-        super().__init__()
-        model = model.eval()
-        self.stem = fold_bn(model.stem, model.stem_bn)
-        self.act = model.stem_act
-        self.dws = nn.ModuleList()
-        self.pws = nn.ModuleList()
-        self.skips: list[float] = []
-        for blk in model.blocks:
-            assert isinstance(blk, Block)
-            self.dws.append(fold_bn(blk.dw, blk.dw_bn))
-            self.pws.append(fold_bn(blk.pw, blk.bn))
-            self.skips.append(blk.skip_scale if blk.skip else 0.0)
-        self.head = model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, 1, T]`` -> log-probs ``[N, T/stride, C]``."""
-        h = self.act(self.stem(x))
-        for dw, pw, s in zip(self.dws, self.pws, self.skips, strict=True):
-            y = pw(dw(h))
-            if s == 1.0:
-                y = y + h
-            elif s > 0:
-                y = y + s * h
-            h = self.act(y)
-        return torch.log_softmax(self.head(h).transpose(1, 2), dim=-1)
-
-
 def load_checkpoint(path: Path) -> tuple[Student, dict]:
     """Student (eval mode, skip scale restored, pruned widths kept) and the raw checkpoint."""
-    from tools.compress import student_from_checkpoint
-
     st = torch.load(path, weights_only=False)
     return student_from_checkpoint(st, path).eval(), st
-
-
-def export_onnx(model: Student, path: Path, chunk: int = 3600) -> Path:
-    """Fold BatchNorm and write an opset-17 ONNX graph with dynamic N and T."""
-    folded = Folded(model).eval()
-    x = torch.randn(2, 1, chunk)
-    with torch.no_grad():
-        ref = model(x)
-        got = folded(x)
-    err = float((ref - got).abs().max())
-    if err > 1e-3:
-        raise ValueError(f"BatchNorm folding changed the output by {err:.2e}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(folded, (x,), str(path), input_names=["signal"],
-                      output_names=["logprobs"], opset_version=17, dynamo=False,
-                      dynamic_axes={"signal": {0: "N", 2: "T"}, "logprobs": {0: "N", 1: "F"}})
-    return path
 
 
 def check_export(path: Path, model: Student, data: list, chunk: int, pore: str) -> dict:
@@ -242,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk % stride or args.overlap % stride:
         raise ValueError(f"chunk {args.chunk} and overlap {args.overlap} must be multiples "
                          f"of the stride {stride}")
-    onnx_path = export_onnx(model, args.folder / "model.onnx", args.chunk)
+    onnx_path = export_onnx(fold(model), args.folder / "model.onnx", length=args.chunk)
     check_export(onnx_path, model, args.check_data, args.chunk, args.pore)
     sps = ort_samples_per_s(onnx_path, args.chunk)
     evals = [json.loads(p.read_text()) for p in args.eval_json]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edgecall.errors import InputError, ModelError
+from tools import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +425,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=2.0, help="per speed measurement")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--work", type=Path, default=Path("/work/cache/compress/variants"))
+    p.add_argument("--work", type=Path, default=cache_dir() / "compress" / "variants",
+                   help="folder for the built variant files (default $EDGECALL_CACHE/...)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/json/png")
     p.add_argument("--build-only", type=Path, metavar="JSON",
                    help="build the variants, write their list here, measure nothing")

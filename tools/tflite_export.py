@@ -80,14 +80,22 @@ def export_tflite(model: nn.Module, out: str | Path, *, batch: int = 16, length:
                              "'edgecall[tflite-export]') or EDGECALL_LITERT_PYTHON pointing at "
                              "a Python that has it")
         path = _convert_elsewhere(python, model, dst, batch, length, int8, chunks)
-    if not int8:  # FP32 must reproduce the PyTorch model (INT8 is measured, not held to it)
-        from tools.compress import check_fp32_export
-
-        probe = chunks[:batch, :length] if chunks is not None and len(chunks) >= batch else \
+    real = chunks is not None and len(chunks) >= batch
+    if real or not int8:  # FP32 must reproduce the PyTorch model; INT8 is measured, not held
+        probe = chunks[:batch, :length] if real else \
             np.random.default_rng(0).standard_normal((batch, length)).astype(np.float32)
         with torch.no_grad():
             ref = model.eval()(torch.from_numpy(np.ascontiguousarray(probe[:, None, :]))).numpy()
-        check_fp32_export(check_tflite(path, ref, probe), str(path))
+        stats = check_tflite(path, ref, probe)
+        if not int8:
+            from tools.compress import check_fp32_export
+
+            check_fp32_export(stats, str(path))
+        log.info("%s: %s [%d,1,%d]; vs torch on %d %s chunks: max |d logp| %.4g, frame "
+                 "agreement %.4f, decoded-sequence identity %.4f", path,
+                 "int8" if int8 else "fp32", batch, length, len(probe),
+                 "real" if real else "random", stats["max_abs"], stats["label_agreement"],
+                 stats["sequence_identity"])
     return path
 
 
@@ -159,7 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="student checkpoint or pruned student .pt")
     p.add_argument("--out", type=Path, required=True, help=".tflite to write")
     p.add_argument("--int8", action="store_true", help="full-integer INT8")
-    p.add_argument("--data", nargs="*", default=[], help="calibration pod5/npz (INT8)")
+    p.add_argument("--data", nargs="*", default=[],
+                   help="real reads (pod5/npz): INT8 calibration and the export check")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=1200)
     p.add_argument("--max-chunks", type=int, default=256)
@@ -172,22 +181,12 @@ def run(args: argparse.Namespace) -> int:
 
     student, _ = load_student(args.checkpoint)
     folded = fold(student)
-    chunks = None
-    if args.int8:
-        if not args.data:
-            raise ValueError("--int8 needs real calibration chunks: give --data POD5|NPZ")
-        chunks = load_chunks(args.data, chunk_size=args.chunk_size, max_chunks=args.max_chunks)
+    if args.int8 and not args.data:
+        raise ValueError("--int8 needs real calibration chunks: give --data POD5|NPZ")
+    chunks = load_chunks(args.data, chunk_size=args.chunk_size, max_chunks=args.max_chunks) \
+        if args.data else None
     export_tflite(folded, args.out, batch=args.batch, length=args.chunk_size, int8=args.int8,
                   chunks=chunks)
-    probe = chunks[: args.batch] if chunks is not None else \
-        np.random.default_rng(0).standard_normal((args.batch, args.chunk_size)).astype("f4")
-    with torch.no_grad():
-        ref = folded(torch.from_numpy(probe[:, None, :])).numpy()
-    stats = check_tflite(args.out, ref, probe)
-    print(f"{args.out}: {'int8' if args.int8 else 'fp32'} [{args.batch},1,{args.chunk_size}]; "
-          f"vs torch max |d logp| {stats['max_abs']:.4g}, frame agreement "
-          f"{stats['label_agreement']:.4f}, decoded-sequence identity "
-          f"{stats['sequence_identity']:.4f}")
     return 0
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools import cache_dir
 from tools.arch import ArchConfig, Student, count_params, set_skip_scale
 from tools.compress import macs_per_sample as macs_of
 from tools.compress import resize_like, student_from_checkpoint
@@ -382,9 +383,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
     p = sub.add_parser("train", help="train a student (CTC + KD), resumable")
     p.add_argument("--run", required=True, help="run name (checkpoint folder name)")
-    p.add_argument("--data", type=Path, default=Path("/work/cache/r941"),
-                   help="folder with train.npz, val.npz, val_reads.npz")
-    p.add_argument("--out", type=Path, default=None, help="default /work/cache/runs/<run>")
+    p.add_argument("--data", type=Path, default=cache_dir() / "r941",
+                   help="folder with train.npz, val.npz, val_reads.npz "
+                        "(default $EDGECALL_CACHE/r941)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default $EDGECALL_CACHE/runs/<run> (~/.cache/edgecall without it)")
     p.add_argument("--resume", type=Path, default=None,
                    help="checkpoint to continue from (its config is reused)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -443,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig(run=args.run, train=str(args.data / "train.npz"),
                           val=str(args.data / "val.npz"),
                           val_reads=str(args.data / "val_reads.npz"),
-                          out=str(args.out or Path("/work/cache/runs") / args.run),
+                          out=str(args.out or cache_dir() / "runs" / args.run),
                           arch=arch.to_dict(), **overrides)
     log.info("command: %s", " ".join(sys.argv))
     train(cfg, args.resume, args.init_from)

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 CK=$1; M=$2; OUT=$3
 DATA=${EDGECALL_SHARED_DATA:-../shared/data}
 D=$DATA/r9.4.1
-CACHE=${EDGECALL_CACHE:-/work/cache}
+CACHE=${EDGECALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgecall}
 A=${AMOUNT:-40}
 W=$CACHE/compress/final_$(basename "$M")
 mkdir -p "$W" "$OUT"

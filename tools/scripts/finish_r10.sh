@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 CK=$1; M=$2; shift 2
 DATA=${EDGECALL_SHARED_DATA:-../shared/data}
 R=$DATA/r10.4.1
-CACHE=${EDGECALL_CACHE:-/work/cache}
+CACHE=${EDGECALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgecall}
 N=$(basename "$M")
 export OMP_NUM_THREADS=1
 python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400 --pore r10.4.1 --check-data "$R/remora_can/reads.pod5" "$@"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 CK=$1; M=$2; shift 2
 DATA=${EDGECALL_SHARED_DATA:-../shared/data}
 E=$DATA/r9.4.1/ecoli
-CACHE=${EDGECALL_CACHE:-/work/cache}
+CACHE=${EDGECALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgecall}
 export OMP_NUM_THREADS=1
 python -m tools.export "$CK" "$M" --chunk 4000 --overlap 400 --check-data "$E/reads.pod5"
 python -m tools.evaluate "$M" "$E/reads.pod5" --reference "$E/reference.fa.gz" \
