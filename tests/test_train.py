@@ -231,7 +231,9 @@ def test_export_cli_writes_a_card_the_device_loads(tmp_path: Path) -> None:
     assert arch["block_channels"] == widths and arch["params"] == sum(
         p.numel() for p in model.parameters())
     assert card.raw["training"]["step"] == 2
-    assert f"--init-from {start}" in card.raw["training"]["command"]
+    command = card.raw["training"]["command"]
+    assert f"--init-from {start}" in command and "--max-steps 2" in command
+    assert "--hours" not in command  # no time limit was set
     assert (f"tools prune {tmp_path / 'parent.pt'} --method structured --amount 0.5"
             in card.raw["training"]["command"])  # the pruning step is recorded too
     assert widths[0] < 16

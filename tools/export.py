@@ -75,8 +75,8 @@ def training_command(config: dict) -> str:
     """
     cmd = "python -m tools.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in config.items()
-        if k in ("run", "init_from", "lr", "batch_size", "hours", "kd_alpha", "kd_tau")
-        and v not in ("", None))
+        if k in ("run", "init_from", "lr", "batch_size", "hours", "max_steps", "kd_alpha",
+                 "kd_tau") and v not in ("", None) and not (k == "hours" and not v))
     init = Path(config.get("init_from") or "")
     if init.is_file():
         meta = torch.load(init, map_location="cpu", weights_only=False)

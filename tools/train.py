@@ -239,12 +239,13 @@ def save_state(path: Path, model, opt, step: int, epoch: int, pos: int,
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None) -> Path:
+def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None,
+          loaded: dict | None = None) -> Path:
     """Run (or continue) training; returns the output folder.
 
     ``resume`` continues a run exactly (model, optimizer, data order, RNG);
     ``init`` starts a new run (new optimizer and schedule) from a checkpoint's
-    weights, e.g. fine-tuning after pretraining.
+    weights, e.g. fine-tuning after pretraining (``loaded``: that file, already read).
     """
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -253,7 +254,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     arch = ArchConfig(**cfg.arch)
-    start = torch.load(resume if resume is not None else init, weights_only=False) \
+    start = loaded if loaded is not None and resume is None else \
+        torch.load(resume if resume is not None else init, weights_only=False) \
         if resume is not None or init is not None else None
     model = Student(arch)
     if start is not None:  # pruned students have per-layer widths: take the shapes first
@@ -417,6 +419,7 @@ def run(args: argparse.Namespace) -> int:
                   "seed", "ckpt_minutes", "commit_minutes", "threads", "max_steps",
                   "hours"]}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    loaded = None  # the --init-from file, read once
     if args.no_commit:
         overrides["commit"] = False
     if args.resume is not None:
@@ -437,8 +440,8 @@ def run(args: argparse.Namespace) -> int:
         if args.init_from is not None:
             # fine-tuning keeps the starting network's architecture; a skip-free start
             # (SkipClip finished, or a pruned student) stays skip-free
-            init = student_from_checkpoint(torch.load(args.init_from, weights_only=False),
-                                           args.init_from)
+            loaded = torch.load(args.init_from, weights_only=False)
+            init = student_from_checkpoint(loaded, args.init_from)
             arch = replace(init.cfg, skips=any(b.skip for b in init.blocks))
             log.info("architecture from %s (skips %s); --channels/--depth/... ignored",
                      args.init_from, arch.skips)
@@ -449,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
                           out=str(args.out or cache_dir() / "runs" / args.run),
                           arch=arch.to_dict(), **overrides)
     log.info("command: %s", " ".join(sys.argv))
-    train(cfg, args.resume, args.init_from)
+    train(cfg, args.resume, args.init_from, loaded)
     return 0
 
 
