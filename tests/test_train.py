@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,16 @@ def test_skip_scale_zero_equals_skip_free_network() -> None:
     assert torch.allclose(with_skips(x), plain(x))
 
 
+def _finetune_args(data: Path, out: Path, start: Path, steps: int) -> argparse.Namespace:
+    """``tools train --init-from START --max-steps STEPS`` arguments (the CLI's namespace)."""
+    return argparse.Namespace(
+        run="p", data=data, out=out, resume=None, init_from=start,
+        max_steps=steps, channels=128, depth=8, kernel=25, stem_kernel=15, stride=4,
+        no_skips=False, no_commit=True, batch_size=8, lr=1e-3, kd_alpha=0.0, kd_tau=None,
+        skipclip_start=None, skipclip_end=None, seed=None, ckpt_minutes=1e9,
+        commit_minutes=None, threads=1, hours=None)
+
+
 def test_export_folds_batchnorm_and_runs_in_onnxruntime(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from tools.compress import export_onnx, fold
@@ -159,14 +170,7 @@ def test_pruned_student_fine_tunes_resumes_and_exports(tmp_path: Path) -> None:
     before = load_student(start)[0](x)
     torch.testing.assert_close(before, pruned(x))  # the file holds the pruned network
 
-    import argparse
-
-    args = argparse.Namespace(
-        run="p", data=folder, out=tmp_path / "run", resume=None, init_from=start,
-        max_steps=3, channels=128, depth=8, kernel=25, stem_kernel=15, stride=4,
-        no_skips=False, no_commit=True, batch_size=8, lr=1e-3, kd_alpha=0.0, kd_tau=None,
-        skipclip_start=None, skipclip_end=None, seed=None, ckpt_minutes=1e9,
-        commit_minutes=None, threads=1, hours=None)
+    args = _finetune_args(folder, tmp_path / "run", start, steps=3)
     assert train_cli(args) == 0
     model, st = load_checkpoint(tmp_path / "run" / "last.pt")
     assert [b.pw.out_channels for b in model.blocks] == widths
@@ -187,8 +191,6 @@ def test_pruned_student_fine_tunes_resumes_and_exports(tmp_path: Path) -> None:
 def test_export_cli_writes_a_card_the_device_loads(tmp_path: Path) -> None:
     """``tools export`` of a pruned, trained checkpoint: card fields, sha256, engine output."""
     pytest.importorskip("onnxruntime")
-    import argparse
-
     from edgecall import engines
     from edgecall.models import ModelError, load_card, verify
     from tools.compress import save_student
@@ -210,12 +212,7 @@ def test_export_cli_writes_a_card_the_device_loads(tmp_path: Path) -> None:
     ns = parser.parse_args(["prune", str(tmp_path / "parent.pt"), "--amount", "0.5",
                             "--out", str(start), "--threads", "1"])
     assert ns.func(ns) == 0
-    args = argparse.Namespace(
-        run="p", data=folder, out=tmp_path / "run", resume=None, init_from=start,
-        max_steps=2, channels=128, depth=8, kernel=25, stem_kernel=15, stride=4,
-        no_skips=False, no_commit=True, batch_size=8, lr=1e-3, kd_alpha=0.0, kd_tau=None,
-        skipclip_start=None, skipclip_end=None, seed=None, ckpt_minutes=1e9,
-        commit_minutes=None, threads=1, hours=None)
+    args = _finetune_args(folder, tmp_path / "run", start, steps=2)
     assert train_cli(args) == 0
     ckpt = tmp_path / "run" / "last.pt"
     out = tmp_path / "models" / "tiny"
