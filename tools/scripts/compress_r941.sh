@@ -10,7 +10,7 @@
 #      fine-tuned with --init-from: built as LABEL, LABEL>PTQ, LABEL>QAT, tflite_int8_LABEL),
 #      EXTRA_B (more variants for the second build, e.g. unstructured85,delayed50),
 #      EXTRA_D (variants for a fourth build process "d", STEPS_B steps per stage),
-#      REUSE=1 (keep the a/b builds of an earlier run when their JSON exists)
+#      REUSE=1 (keep the builds of an earlier run whose JSON exists: a, b, d, t_LABEL)
 set -eu
 cd "$(dirname "$0")/../.."
 CK=$1; M=$2; OUT=$3
@@ -42,10 +42,9 @@ build() {  # build NAME STEPS VARIANTS [extra args...]
 build a "${STEPS_A:-2000}" "fp32,structured30,structured$A,P$A>D>PTQ,P$A>D>QAT,tflite_int8_structured$A"
 B="fp32,unstructured50,unstructured70,ptq_minmax,ptq_percentile,qat,tflite_fp32,tflite_int8"
 build b "${STEPS_B:-600}" "$B${EXTRA_B:+,$EXTRA_B}"
-if [ -n "${TRAINED:-}" ]; then
-    QATS=$(for t in $TRAINED; do printf ',%s>QAT' "${t%%=*}"; done)
-    build c "${STEPS_B:-600}" "fp32$QATS" --trained $TRAINED
-fi
+for t in ${TRAINED:-}; do  # one build per trained student, reusable on its own
+    build "t_${t%%=*}" "${STEPS_B:-600}" "fp32,${t%%=*}>QAT" --trained "$t"
+done
 if [ -n "${EXTRA_D:-}" ]; then
     build d "${STEPS_B:-600}" "fp32,$EXTRA_D"
 fi
