@@ -105,6 +105,17 @@ static inline void ec_requant(const int32_t *acc, const int32_t *bias, const flo
         __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
         _mm_storel_epi64((__m128i *)(out + j), _mm_packs_epi16(p, p));
     }
+    for (; j + 4 <= n; j += 4) {  /* 4-channel tail (pruned widths) */
+        __m128i a = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(acc + j)),
+                                  _mm_loadu_si128((const __m128i *)(bias + j)));
+        __m128 f = _mm_mul_ps(_mm_cvtepi32_ps(a), _mm_loadu_ps(mult + j));
+        __m128i r = _mm_add_epi32(_mm_cvtps_epi32(f), _mm256_castsi256_si128(vzo));
+        r = _mm_min_epi32(_mm_max_epi32(r, _mm256_castsi256_si128(vlo)),
+                          _mm256_castsi256_si128(vhi));
+        __m128i p = _mm_packs_epi32(r, r);
+        int32_t q = _mm_cvtsi128_si32(_mm_packs_epi16(p, p));
+        memcpy(out + j, &q, 4);
+    }
 #elif defined(EC_HAVE_NEON)
     const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi), vzo = vdupq_n_s32(zo);
     for (; j + 8 <= n; j += 8) {
@@ -116,6 +127,15 @@ static inline void ec_requant(const int32_t *acc, const int32_t *bias, const flo
             h[u] = vmovn_s32(vminq_s32(vmaxq_s32(r, vlo), vhi));
         }
         vst1_s8(out + j, vmovn_s16(vcombine_s16(h[0], h[1])));
+    }
+    for (; j + 4 <= n; j += 4) {  /* 4-channel tail (pruned widths) */
+        int32x4_t a = vaddq_s32(vld1q_s32(acc + j), vld1q_s32(bias + j));
+        float32x4_t f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult + j));
+        int32x4_t r = vaddq_s32(vcvtnq_s32_f32(f), vzo);
+        int16x4_t h = vmovn_s32(vminq_s32(vmaxq_s32(r, vlo), vhi));
+        int8x8_t b = vmovn_s16(vcombine_s16(h, h));
+        int32_t q = vget_lane_s32(vreinterpret_s32_s8(b), 0);
+        memcpy(out + j, &q, 4);
     }
 #endif
     for (; j < n; j++) {
@@ -368,6 +388,20 @@ static inline void ec_dw_block_f32(const float *const *rows, int K, const float 
         _mm256_storeu_ps(acc + 2 * C + c, a2);
         _mm256_storeu_ps(acc + 3 * C + c, a3);
     }
+    for (; c + 4 <= C; c += 4) {  /* pruned widths are multiples of 4 */
+        __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k = 0; k < K; k++) {
+            __m128 wv = _mm_loadu_ps(w + (size_t)k * C + c);
+            a0 = _mm_fmadd_ps(_mm_loadu_ps(rows[k] + c), wv, a0);
+            a1 = _mm_fmadd_ps(_mm_loadu_ps(rows[K + k] + c), wv, a1);
+            a2 = _mm_fmadd_ps(_mm_loadu_ps(rows[2 * K + k] + c), wv, a2);
+            a3 = _mm_fmadd_ps(_mm_loadu_ps(rows[3 * K + k] + c), wv, a3);
+        }
+        _mm_storeu_ps(acc + c, a0);
+        _mm_storeu_ps(acc + C + c, a1);
+        _mm_storeu_ps(acc + 2 * C + c, a2);
+        _mm_storeu_ps(acc + 3 * C + c, a3);
+    }
 #elif defined(EC_HAVE_NEON)
     for (; c + 4 <= C; c += 4) {
         float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
@@ -422,6 +456,43 @@ static inline void ec_dw_block_q(const int8_t *const *rows, int K, const int16_t
         EC_QST(0, l0, h0) EC_QST(1, l1, h1) EC_QST(2, l2, h2) EC_QST(3, l3, h3)
 #undef EC_QST
     }
+    /* channel tails of pruned widths (multiples of 4): the same tap pairs on 128-bit
+     * vectors, 8 then 4 channels, loading exactly the bytes that belong to them */
+    for (int nc; (nc = C - c >= 8 ? 8 : (C - c >= 4 ? 4 : 0)) != 0; c += nc) {
+        __m128i z = _mm_setzero_si128(), a[EC_DWR][2];
+        for (int r = 0; r < EC_DWR; r++) a[r][0] = a[r][1] = z;
+        for (int k = 0; k < K; k += 2) {
+            int k1 = k + 1 < K ? k + 1 : k;
+            const int16_t *wk = w + (size_t)k * C + c, *wk1 = w + (size_t)k1 * C + c;
+            __m128i w0 = nc == 8 ? _mm_loadu_si128((const __m128i *)wk)
+                                 : _mm_loadl_epi64((const __m128i *)wk);
+            __m128i w1 = k + 1 >= K ? z : (nc == 8 ? _mm_loadu_si128((const __m128i *)wk1)
+                                                   : _mm_loadl_epi64((const __m128i *)wk1));
+            __m128i wl = _mm_unpacklo_epi16(w0, w1), wh = _mm_unpackhi_epi16(w0, w1);
+            for (int r = 0; r < EC_DWR; r++) {
+                const int8_t *p0 = rows[r * K + k] + c, *p1 = rows[r * K + k1] + c;
+                __m128i x0, x1;
+                if (nc == 8) {
+                    x0 = _mm_loadl_epi64((const __m128i *)p0);
+                    x1 = _mm_loadl_epi64((const __m128i *)p1);
+                } else {
+                    int32_t q0, q1;
+                    memcpy(&q0, p0, 4);
+                    memcpy(&q1, p1, 4);
+                    x0 = _mm_cvtsi32_si128(q0);
+                    x1 = _mm_cvtsi32_si128(q1);
+                }
+                x0 = _mm_cvtepi8_epi16(x0);
+                x1 = _mm_cvtepi8_epi16(x1);
+                a[r][0] = _mm_add_epi32(a[r][0], _mm_madd_epi16(_mm_unpacklo_epi16(x0, x1), wl));
+                a[r][1] = _mm_add_epi32(a[r][1], _mm_madd_epi16(_mm_unpackhi_epi16(x0, x1), wh));
+            }
+        }
+        for (int r = 0; r < EC_DWR; r++) {
+            _mm_storeu_si128((__m128i *)(acc + r * C + c), a[r][0]);
+            if (nc == 8) _mm_storeu_si128((__m128i *)(acc + r * C + c + 4), a[r][1]);
+        }
+    }
 #elif defined(EC_HAVE_NEON)
     for (; c + 8 <= C; c += 8) {
         int32x4_t a[EC_DWR][2];
@@ -438,6 +509,20 @@ static inline void ec_dw_block_q(const int8_t *const *rows, int K, const int16_t
             vst1q_s32(acc + r * C + c, a[r][0]);
             vst1q_s32(acc + r * C + c + 4, a[r][1]);
         }
+    }
+    for (; c + 4 <= C; c += 4) {  /* pruned widths are multiples of 4 */
+        int32x4_t a[EC_DWR];
+        for (int r = 0; r < EC_DWR; r++) a[r] = vdupq_n_s32(0);
+        for (int k = 0; k < K; k++) {
+            int16x4_t wk = vld1_s16(w + (size_t)k * C + c);
+            for (int r = 0; r < EC_DWR; r++) {
+                int32_t q;
+                memcpy(&q, rows[r * K + k] + c, 4);
+                int16x8_t x = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(q)));
+                a[r] = vmlal_s16(a[r], vget_low_s16(x), wk);
+            }
+        }
+        for (int r = 0; r < EC_DWR; r++) vst1q_s32(acc + r * C + c, a[r]);
     }
 #endif
     for (; c < C; c++) {

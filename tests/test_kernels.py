@@ -303,10 +303,14 @@ def test_c_helpers_aarch64_qemu(march: str, path: str, tmp_path: Path) -> None:
     assert _selftest(cc, [f"-march={march}", "-static"], [qemu], tmp_path) == f"ok {path}"
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_fused_dw_pw_equals_sequence(seed: int) -> None:
+# pruned students have widths that are multiples of 4, not of the 16/8-channel SIMD bodies
+PRUNED = [(0, None), (1, None), (2, None), (3, None), (4, 76), (5, 12), (6, 20), (7, 4)]
+
+
+@pytest.mark.parametrize("seed,width", PRUNED)
+def test_fused_dw_pw_equals_sequence(seed: int, width: int | None) -> None:
     rng = np.random.default_rng(600 + seed)
-    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), int(rng.integers(1, 40))
+    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), width or int(rng.integers(1, 40))
     cout, k = int(rng.integers(1, 40)), int(rng.choice([1, 3, 9, 25]))
     stride, pad = int(rng.integers(1, 3)), k // 2
     to = _t_out(t, k, stride, pad)
@@ -335,10 +339,10 @@ def test_fused_dw_pw_equals_sequence(seed: int) -> None:
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_fused_dw_pw_fp32_matches_sequence(seed: int) -> None:
+@pytest.mark.parametrize("seed,width", PRUNED)
+def test_fused_dw_pw_fp32_matches_sequence(seed: int, width: int | None) -> None:
     rng = np.random.default_rng(700 + seed)
-    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), int(rng.integers(1, 40))
+    n, t, c = int(rng.integers(1, 3)), int(rng.integers(1, 60)), width or int(rng.integers(1, 40))
     cout, k = int(rng.integers(1, 40)), int(rng.choice([1, 3, 9, 25]))
     stride, pad = int(rng.integers(1, 3)), k // 2
     to = _t_out(t, k, stride, pad)

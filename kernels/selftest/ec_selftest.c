@@ -150,10 +150,11 @@ int main(void) {
     int bad = 0;
     for (int K = 1; K <= 130; K += 43) bad |= test_sgemm(K);
     for (int K2 = 1; K2 <= 64; K2 += 21) bad |= test_qgemm(K2);
-    int ks[] = {1, 2, 5, 25}, cs[] = {1, 7, 16, 33, 128};
+    /* channel counts with every tail of the 16/8/4-wide bodies (76: a pruned width) */
+    int ks[] = {1, 2, 5, 25}, cs[] = {1, 4, 7, 12, 16, 20, 33, 76, 128};
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 5; j++) bad |= test_dw(ks[i], cs[j]);
-    for (int n = 1; n <= 40; n += 13) bad |= test_requant(n);
+        for (int j = 0; j < 9; j++) bad |= test_dw(ks[i], cs[j]);
+    for (int n = 1; n <= 45; n += 4) bad |= test_requant(n);  /* every 8/4/1 tail */
     for (int K = 1; K <= 130; K += 17) bad |= test_qgemm_rows(K, 1 + K % EC_MR);
     if (!bad) printf("ok %s\n", ec_simd_name());
     return bad;
