@@ -318,37 +318,91 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot(rows: list[Row], path: Path, *, eval_set: str, title: str) -> Path:
-    """Pareto plot: identity vs best samples/s per row, marker area ~ file size."""
+def _place_labels(ax: Any, points: list[tuple[float, float, str, bool]]) -> None:
+    """Annotate points, moving each label to the first of a few offsets where it does
+    not overlap a label already placed (pixel boxes estimated from the font size)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    px = fig.dpi / 72.0
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(4, 3), (4, -10), (-4, 3), (-4, -10), (4, 12), (-4, 12), (4, -19), (-4, -19)]
+    for x, y, text, strong in sorted(points, key=lambda p: not p[3]):  # strong labels first
+        size = 7.5 if strong else 6.5
+        w, h = 0.55 * size * len(text) * px, size * 1.2 * px
+        cx, cy = ax.transData.transform((x, y))
+        for dx, dy in offsets:
+            x0 = cx + dx * px - (w if dx < 0 else 0)
+            y0 = cy + dy * px
+            box = (x0, y0, x0 + w, y0 + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                    fontsize=size, ha="right" if dx < 0 else "left",
+                    color="black" if strong else "dimgrey",
+                    fontweight="bold" if strong else "normal")
+
+
+def plot(rows: list[Row], path: Path, *, eval_set: str, title: str,
+         default: str | None = None, max_drop: float = 0.01) -> Path:
+    """Pareto plot: identity vs best samples/s per row, marker area ~ file size.
+
+    Colour = precision, square = TFLite; the dashed horizontal line is the parent's
+    identity minus ``max_drop`` (the default's accuracy budget) and ``default`` is ringed.
+    Labels of Pareto-front points, the parent and the default are bold.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     pts = [(max(r.speed.values(), default=0.0), r.identity.get(eval_set, float("nan")))
            for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
     colours = {"fp32": "tab:blue", "int8": "tab:red", "mixed": "tab:purple"}
     unmapped = [f"{r.variant} ({r.format})" for r, (_, q) in zip(rows, pts, strict=True)
                 if not q > 0]
-    for r, (s, q) in zip(rows, pts, strict=True):
+    front_idx = {i for i in pareto_front(pts) if pts[i][1] > 0}
+    labels = []
+    for i, (r, (s, q)) in enumerate(zip(rows, pts, strict=True)):
         if not q > 0:
             continue
         ax.scatter(s, q, s=20 + r.size_kb / 2, alpha=0.6, c=colours.get(r.precision, "grey"),
                    marker="s" if r.format == "tflite" else "o")
-        ax.annotate(f"{r.variant} ({r.format})", (s, q), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        is_parent = r.variant == "fp32" and r.format == "onnx"
+        if r.variant == default:
+            ax.scatter(s, q, s=(20 + r.size_kb / 2) * 2.5, facecolors="none",
+                       edgecolors="black", linewidths=1.5)
+        name = r.variant if r.format == "onnx" or r.variant.startswith("tflite") \
+            else f"{r.variant} ({r.format})"
+        if r.variant == default:
+            name += "  <- default"
+        labels.append((s, q, name, i in front_idx or is_parent or r.variant == default))
+    parent = next((q for r, (_, q) in zip(rows, pts, strict=True)
+                   if r.variant == "fp32" and r.format == "onnx" and q > 0), None)
+    if parent is not None:
+        ax.axhline(parent - max_drop, color="tab:green", ls=":", lw=1)
+        ax.text(ax.get_xlim()[1], parent - max_drop, f"parent - {max_drop * 100:.1f} pp ",
+                color="tab:green", fontsize=7, ha="right", va="bottom")
     if unmapped:
         ax.text(0.99, 0.01, "no read mapped:\n" + "\n".join(unmapped), fontsize=6,
                 transform=ax.transAxes, ha="right", va="bottom", alpha=0.7)
-    front = sorted(pts[i] for i in pareto_front(pts) if pts[i][1] > 0)
+    front = sorted(pts[i] for i in front_idx)
     if front:
-        ax.plot(*zip(*front, strict=True), "k--", lw=0.8, label="Pareto front")
+        ax.plot(*zip(*front, strict=True), "k--", lw=0.8)
+    _place_labels(ax, labels)
+    handles = [Line2D([], [], ls="", marker="o", color=c, alpha=0.6, label=p)
+               for p, c in colours.items() if any(r.precision == p for r in rows)]
+    handles += [Line2D([], [], ls="", marker="s", color="grey", alpha=0.6, label="TFLite"),
+                Line2D([], [], ls="--", color="black", lw=0.8, label="Pareto front")]
+    ax.legend(handles=handles, loc="center right", fontsize=8,
+              title="marker area ~ file size", title_fontsize=7)
     ax.set_xlabel("samples/s (best engine, same threads)")
     ax.set_ylabel(f"median identity ({eval_set})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -385,8 +439,8 @@ def sensitivity_markdown(sens: list[dict[str, Any]]) -> str:
 
 
 def write_outputs(rows: list[Row], out: Path, *, title: str, meta: dict[str, Any],
-                  eval_set: str, sensitivity: list[dict[str, Any]] | None = None
-                  ) -> dict[str, Path]:
+                  eval_set: str, sensitivity: list[dict[str, Any]] | None = None,
+                  default: str | None = None) -> dict[str, Path]:
     """Write report.md, report.json and pareto.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
@@ -397,7 +451,7 @@ def write_outputs(rows: list[Row], out: Path, *, title: str, meta: dict[str, Any
     js = out / "report.json"
     js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
                               "sensitivity": sensitivity or []}, indent=1))
-    png = plot(rows, out / "pareto.png", eval_set=eval_set, title=title)
+    png = plot(rows, out / "pareto.png", eval_set=eval_set, title=title, default=default)
     return {"markdown": md, "json": js, "plot": png}
 
 
@@ -522,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
         "none qualifies"}
     title = f"Compression report: {card.name} from {args.checkpoint.name}"
     paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name,
-                          sensitivity=sens)
+                          sensitivity=sens, default=best.variant if best else None)
     print(paths["markdown"].read_text())
     if args.apply:
         print(apply(rows, best, args.card, report=str(paths["markdown"]),
