@@ -67,23 +67,26 @@ def ort_samples_per_s(path: Path, chunk: int, batch: int = 16, threads: int = 2,
     return batch * chunk * repeats / (time.perf_counter() - t0)
 
 
-def training_command(config: dict) -> str:
+def training_command(config: dict, depth: int = 0) -> str:
     """The command line that trained a checkpoint, rebuilt from its saved config.
 
-    A run started ``--init-from`` a pruned student (``tools prune``) is prefixed with
-    the pruning command recorded in that file.
+    A run started ``--init-from`` another file is prefixed with what made that file:
+    the pruning command recorded in a ``tools prune`` output, or (recursively, a few
+    levels) the training command of an earlier ``tools train`` checkpoint.
     """
     cmd = "python -m tools.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in config.items()
         if k in ("run", "init_from", "lr", "batch_size", "hours", "max_steps", "kd_alpha",
                  "kd_tau") and v not in ("", None) and not (k == "hours" and not v))
     init = Path(config.get("init_from") or "")
-    if init.is_file():
+    if init.is_file() and depth < 4:
         meta = torch.load(init, map_location="cpu", weights_only=False)
         if isinstance(meta, dict) and "method" in meta and "parent" in meta:
             amounts = " ".join(str(a) for a in np.atleast_1d(meta.get("amount", [])))
             cmd = (f"python -m tools prune {meta['parent']} --method {meta['method']} "
                    f"--amount {amounts} --steps {meta.get('steps', 0)} --out {init} && {cmd}")
+        elif isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            cmd = f"{training_command(meta['config'], depth + 1)} && {cmd}"
     return cmd
 
 
