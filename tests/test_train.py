@@ -244,3 +244,40 @@ def test_export_cli_writes_a_card_the_device_loads(tmp_path: Path) -> None:
     bad = parser.parse_args(["export", str(ckpt), str(tmp_path / "x"), "--chunk", "601"])
     with pytest.raises(ValueError, match="multiples of the stride 3"):
         bad.func(bad)
+
+
+def test_qat_with_the_students_own_recipe(tmp_path: Path) -> None:
+    """``qat_recipe`` trains the fake-quantised student on its own labelled set (CTC +
+    teacher KD) and lowers its CTC loss there; a missing training set is one clear error."""
+    pytest.importorskip("onnxruntime")
+    from edgecall.errors import InputError
+    from tools.compress import fold
+    from tools.quantize import export_qat, qat_recipe, run_onnx
+    from tools.train import ChunkData, losses
+
+    folder = _synthetic(tmp_path / "d", n=64)
+    torch.manual_seed(0)
+    student = Student(ArchConfig(channels=16, depth=2, kernel=5, stem_kernel=5, stride=3,
+                                 skips=False)).eval()
+    cfg = TrainConfig(run="q", train=str(folder / "train.npz"), val=str(folder / "val.npz"),
+                      val_reads="", out=str(tmp_path / "o"), arch=student.cfg.to_dict(),
+                      batch_size=16, kd_alpha=0.5, noise=0.0, gain=0.0)
+    data = ChunkData(cfg.train)
+    x, lens = data.signal[:, None], data.label_len
+    labels = data.labels[:, :int(lens.max())]
+    net = fold(student)
+    with torch.no_grad():
+        before = float(losses(net, x, labels, lens, None, None, cfg)[0])
+    net = qat_recipe(net, vars(cfg), steps=150, lr=1e-2)
+    assert all(seen for _, _, seen in net.qat_ranges)  # every conv input got a range
+    with torch.no_grad():
+        after = float(losses(net, x, labels, lens, None, None, cfg)[0])
+    assert after < 0.9 * before
+    q = export_qat(net, tmp_path / "q.onnx", data.signal[:16].numpy(), length=480)
+    with torch.no_grad():
+        fake = net(x[:8]).numpy()
+    got = run_onnx(q, data.signal[:8].numpy())
+    assert (got.argmax(-1) == fake.argmax(-1)).mean() > 0.9
+    with pytest.raises(InputError, match="training set"):
+        qat_recipe(fold(student), {**vars(cfg), "train": str(tmp_path / "none.npz")},
+                   steps=1, lr=1e-3)

@@ -489,7 +489,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trained", nargs="+", default=[], metavar="LABEL=CKPT",
                    help="students trained elsewhere (e.g. a pruned student fine-tuned with "
                         "tools train --init-from): adds LABEL, LABEL>PTQ, tflite_int8_LABEL "
-                        "(LABEL>QAT on request in --variants)")
+                        "(LABEL>QAT, distilled from the parent, and LABEL>QATr, QAT with "
+                        "the student's own training recipe, on request in --variants)")
     p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
                    help="skip the per-conv INT8 sensitivity section")
     p.add_argument("--apply", action="store_true",

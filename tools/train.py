@@ -137,6 +137,13 @@ def lr_at(cfg: TrainConfig, f: float) -> float:
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Random per-chunk gain and offset (``cfg.gain``) and white noise (``cfg.noise``)."""
+    n = x.shape[0]
+    x = x * (1 + cfg.gain * (2 * torch.rand(n, 1) - 1)) + cfg.gain * torch.randn(n, 1)
+    return x + cfg.noise * torch.randn_like(x)
+
+
 def losses(model: Student, x: torch.Tensor, labels: torch.Tensor, lens: torch.Tensor,
            teacher: torch.Tensor | None, rmat: torch.Tensor | None,
            cfg: TrainConfig) -> tuple[torch.Tensor, float, float]:
@@ -312,10 +319,8 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
             perm = torch.randperm(len(data))
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        x = data.signal[idx]
+        x = augment(data.signal[idx], cfg)
         n = x.shape[0]
-        x = x * (1 + cfg.gain * (2 * torch.rand(n, 1) - 1)) + cfg.gain * torch.randn(n, 1)
-        x = x + cfg.noise * torch.randn_like(x)
         lens = data.label_len[idx]
         labels = data.labels[idx][:, :int(lens.max())]
         teacher = data.teacher[idx] if data.teacher is not None else None

@@ -38,7 +38,7 @@ from tools.compress import (
     macs_per_sample,
 )
 from tools.prune import mean_width, prune
-from tools.quantize import export_qat, first_last, ptq, qat, strip_fake_quant
+from tools.quantize import export_qat, first_last, ptq, qat, qat_recipe, strip_fake_quant
 from tools.report import ModelFile
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ class Builder:
     def add_trained(self, label: str, checkpoint: Path) -> None:
         """A student trained elsewhere (e.g. a pruned student fine-tuned by ``tools train``).
 
-        Its variants are ``<label>`` (FP32), ``<label>>PTQ``, ``<label>>QAT`` and
-        ``tflite_int8_<label>``; the technique names its training from the checkpoint.
+        Its variants are ``<label>`` (FP32), ``<label>>PTQ``, ``<label>>QAT`` (distilled
+        from the parent), ``<label>>QATr`` (QAT continuing the student's own training
+        recipe: its training set, CTC + teacher KD) and ``tflite_int8_<label>``; the
+        technique names its training from the checkpoint.
         """
         if not re.fullmatch(r"[A-Za-z][\w.-]*", label) or label in ALL:
             raise ValueError(f"--trained {label}=...: label must be a plain name, not a variant")
@@ -202,7 +204,7 @@ class Builder:
                              self.stride)]
         if name == "QAT>P>QAT":
             return [self._qat_prune_qat(name)]
-        trained = re.fullmatch(r"(?:tflite_int8_)?([^>]+)(?:>(PTQ|QAT))?", name)
+        trained = re.fullmatch(r"(?:tflite_int8_)?([^>]+)(?:>(PTQ|QAT|QATr))?", name)
         if trained and trained.group(1) in self.trained:
             return [self._trained(name, trained.group(1), trained.group(2))]
         if name.startswith("tflite_"):
@@ -241,11 +243,19 @@ class Builder:
                 self.onnx(label, net)
             out = ptq(src, self.work / f"{_safe(name)}.onnx", self.calib, activation=ACTIVATION)
             return describe(name, f"{tech} > PTQ", "int8", out, net, self.stride)
-        qnet = self.qat_net(net)
+        if quant == "QATr":  # QAT continuing the student's own recipe (CTC + teacher KD)
+            config = torch.load(self.trained[label][0], map_location="cpu",
+                                weights_only=False).get("config", {})
+            qnet = qat_recipe(copy.deepcopy(net), config, steps=self.qat_steps,
+                              lr=self.lr / 8)
+            how = f"QAT {self.qat_steps} (own recipe: CTC + KD)"
+        else:
+            qnet = self.qat_net(net)
+            how = f"QAT {self.qat_steps}"
         out = export_qat(qnet, self.work / f"{_safe(name)}.onnx", self.calib, length=TRAIN_LEN,
                          activation=ACTIVATION)
-        return describe(name, f"{tech} > QAT {self.qat_steps}", "int8", out,
-                        strip_fake_quant(qnet), self.stride)
+        return describe(name, f"{tech} > {how}", "int8", out, strip_fake_quant(qnet),
+                        self.stride)
 
     def _tflite(self, name: str) -> ModelFile:
         """TFLite FP32 / INT8 of the parent or of the structured-50 % student."""

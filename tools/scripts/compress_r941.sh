@@ -7,7 +7,8 @@
 # env: STEPS_A (per pruning stage, default 2000), STEPS_B (default 600), QAT_STEPS (600),
 #      AMOUNT (structured %, default 40), EDGECALL_LITERT_PYTHON (a python with litert-torch),
 #      TRAINED="LABEL=CKPT ..." (students trained by tools train, e.g. a pruned student
-#      fine-tuned with --init-from: built as LABEL, LABEL>PTQ, LABEL>QAT, tflite_int8_LABEL),
+#      fine-tuned with --init-from: built as LABEL, LABEL>PTQ, LABEL>QAT, LABEL>QATr,
+#      tflite_int8_LABEL),
 #      EXTRA_B (more variants for the second build, e.g. unstructured85,delayed50),
 #      EXTRA_D (variants for a fourth build process "d", STEPS_B steps per stage),
 #      REUSE=1 (keep the builds of an earlier run whose JSON exists: a, b, d, t_LABEL)
@@ -43,7 +44,7 @@ build a "${STEPS_A:-2000}" "fp32,structured30,structured$A,P$A>D>PTQ,P$A>D>QAT,t
 B="fp32,unstructured50,unstructured70,ptq_minmax,ptq_percentile,qat,tflite_fp32,tflite_int8"
 build b "${STEPS_B:-600}" "$B${EXTRA_B:+,$EXTRA_B}"
 for t in ${TRAINED:-}; do  # one build per trained student, reusable on its own
-    build "t_${t%%=*}" "${STEPS_B:-600}" "fp32,${t%%=*}>QAT" --trained "$t"
+    build "t_${t%%=*}" "${STEPS_B:-600}" "fp32,${t%%=*}>QAT,${t%%=*}>QATr" --trained "$t"
 done
 if [ -n "${EXTRA_D:-}" ]; then
     build d "${STEPS_B:-600}" "fp32,$EXTRA_D"
