@@ -285,7 +285,7 @@ def qat_recipe(folded: Any, config: dict[str, Any], *, steps: int, lr: float,
 
     import torch
 
-    from tools.train import ChunkData, TrainConfig, augment, losses, resample_matrix
+    from tools.train import ChunkData, TrainConfig, teacher_resampler, train_step
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
@@ -293,32 +293,20 @@ def qat_recipe(folded: Any, config: dict[str, Any], *, steps: int, lr: float,
         raise InputError(f"{cfg.train}: training set of the student not found (QAT with "
                          "its recipe needs it)")
     data = ChunkData(cfg.train)
-    stride = int(folded.stride)
-    rmat = None
-    if data.teacher is not None and stride != 3:
-        rmat = resample_matrix(int(data.teacher.shape[1]), 3,
-                               int(data.signal.shape[1]) // stride, stride)
+    rmat = teacher_resampler(data, int(folded.stride))
     attach_fake_quant(folded)
     folded.train()
     gen = torch.Generator().manual_seed(seed)
-    params = [p for p in folded.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in folded.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-        lens = data.label_len[idx]
-        labels = data.labels[idx][:, :int(lens.max())]
-        teacher = data.teacher[idx] if data.teacher is not None else None
-        loss, ctc, kd = losses(folded, augment(data.signal[idx], cfg)[:, None], labels, lens,
-                               teacher, rmat, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 2.0)
-        opt.step()
+        loss, ctc, kd = train_step(folded, opt, data, idx, rmat, cfg)
         if (step + 1) % 100 == 0:
             log.info("QAT (recipe) step %d/%d loss %.4f ctc %.4f kd %.4f", step + 1, steps,
-                     float(loss.detach()), ctc, kd)
+                     loss, ctc, kd)
     return folded.eval()
 
 

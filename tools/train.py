@@ -167,6 +167,32 @@ def losses(model: Student, x: torch.Tensor, labels: torch.Tensor, lens: torch.Te
     return loss, float(ctc.detach()), float(kd.detach())
 
 
+def teacher_resampler(data: ChunkData, stride: int) -> torch.Tensor | None:
+    """Matrix mapping the stored teacher posteriors (stride 3) onto a student's frames
+    (``stride``); None when there are no teacher posteriors or the strides agree."""
+    if data.teacher is None or stride == 3:
+        return None
+    return resample_matrix(int(data.teacher.shape[1]), 3, int(data.signal.shape[1]) // stride,
+                           stride)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ChunkData,
+               idx: torch.Tensor, rmat: torch.Tensor | None,
+               cfg: TrainConfig) -> tuple[float, float, float]:
+    """One optimiser step on chunks ``idx`` (augmented): CTC + KD loss, gradient clipped
+    to norm 2. Returns (loss, ctc, kd)."""
+    x = augment(data.signal[idx], cfg)
+    lens = data.label_len[idx]
+    labels = data.labels[idx][:, :int(lens.max())]
+    teacher = data.teacher[idx] if data.teacher is not None else None
+    loss, ctc, kd = losses(model, x[:, None], labels, lens, teacher, rmat, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+    opt.step()
+    return float(loss.detach()), ctc, kd
+
+
 def greedy(logp: np.ndarray) -> str:
     """Greedy CTC decode to an ACGT string."""
     best = logp.argmax(1)
@@ -276,10 +302,7 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
     from tools.evaluate import make_aligner
 
     aligner = make_aligner(Path(vreads["reference"]))
-    t_len = int(data.signal.shape[1])
-    rmat = None
-    if data.teacher is not None and arch.stride != 3:
-        rmat = resample_matrix(int(data.teacher.shape[1]), 3, t_len // arch.stride, arch.stride)
+    rmat = teacher_resampler(data, arch.stride)
     step, epoch, pos, elapsed = 0, 0, 0, 0.0
     perm = torch.randperm(len(data))
     if resume is not None:
@@ -319,23 +342,15 @@ def train(cfg: TrainConfig, resume: Path | None = None, init: Path | None = None
             perm = torch.randperm(len(data))
         idx = perm[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        x = augment(data.signal[idx], cfg)
-        n = x.shape[0]
-        lens = data.label_len[idx]
-        labels = data.labels[idx][:, :int(lens.max())]
-        teacher = data.teacher[idx] if data.teacher is not None else None
+        n = len(idx)
         frac = progress(cfg, step, time.time() - t_start)
         lr = lr_at(cfg, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         set_skip_scale(model, skip_scale_at(cfg, frac))
-        loss, ctc, kd = losses(model, x[:, None], labels, lens, teacher, rmat, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
+        loss, ctc, kd = train_step(model, opt, data, idx, rmat, cfg)
         step += 1
-        run_loss += float(loss.detach())
+        run_loss += loss
         run_ctc += ctc
         run_kd += kd
         run_n += 1

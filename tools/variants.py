@@ -95,7 +95,7 @@ class Builder:
         self.stride = card.stride
         self.teacher = fold(self.parent)
         self._pruned: dict[str, Any] = {}
-        self.trained: dict[str, tuple[Path, Any, str]] = {}
+        self.trained: dict[str, tuple[dict[str, Any], Any, str]] = {}  # config, net, tech
         work.mkdir(parents=True, exist_ok=True)
 
     def add_trained(self, label: str, checkpoint: Path) -> None:
@@ -115,7 +115,7 @@ class Builder:
               f"{float(meta.get('elapsed', 0)) / 3600:.1f} h tools train (CTC + KD alpha " \
               f"{cfg.get('kd_alpha', '?')})"
         tech = f"struct {round(100 * (1 - width))}% > {how}" if width < 0.999 else how
-        self.trained[label] = (checkpoint, fold(student), tech)
+        self.trained[label] = (cfg, fold(student), tech)
         # provenance for the card of a default made from this student (tools report --apply)
         from tools.export import block_widths, training_record
 
@@ -227,7 +227,7 @@ class Builder:
 
     def _trained(self, name: str, label: str, quant: str | None) -> ModelFile:
         """FP32, PTQ, QAT or TFLite INT8 of a ``--trained`` student."""
-        _, net, tech = self.trained[label]
+        config, net, tech = self.trained[label]
         if name.startswith("tflite_int8_"):
             from tools.tflite_export import export_tflite
 
@@ -244,8 +244,6 @@ class Builder:
             out = ptq(src, self.work / f"{_safe(name)}.onnx", self.calib, activation=ACTIVATION)
             return describe(name, f"{tech} > PTQ", "int8", out, net, self.stride)
         if quant == "QATr":  # QAT continuing the student's own recipe (CTC + teacher KD)
-            config = torch.load(self.trained[label][0], map_location="cpu",
-                                weights_only=False).get("config", {})
             qnet = qat_recipe(copy.deepcopy(net), config, steps=self.qat_steps,
                               lr=self.lr / 8)
             how = f"QAT {self.qat_steps} (own recipe: CTC + KD)"
