@@ -162,6 +162,7 @@ def test_trained_student_variants(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
+    from edgecall.errors import InputError
     from tools.arch import ArchConfig, Student
     from tools.compress import count_params, fold, save_student, set_skip_scale
     from tools.prune import structured
@@ -191,6 +192,8 @@ def test_trained_student_variants(tmp_path: Path) -> None:
         assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.8
     with pytest.raises(ValueError, match="plain name"):
         b.add_trained("fp32", spath)
+    with pytest.raises(InputError, match="needs a tools train checkpoint"):
+        b.build("small>QATr")  # a pruned file without a training config: one clear error
     # --apply: the default made from the trained student carries its own provenance
     import json
 

@@ -287,6 +287,9 @@ def qat_recipe(folded: Any, config: dict[str, Any], *, steps: int, lr: float,
 
     from tools.train import ChunkData, TrainConfig, teacher_resampler, train_step
 
+    if not config.get("train"):
+        raise InputError("QAT with the student's recipe needs a tools train checkpoint "
+                         "(its config names the training set); this student has none")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
     if not Path(cfg.train).is_file():
