@@ -605,7 +605,7 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
     extra = {}
     provenance: dict = {}
     pct = re.search(r"struct(?:ured)? (\d+)%", best.technique)
-    base = re.fullmatch(r"(.+)>(?:PTQ|QAT)", best.variant)
+    base = re.fullmatch(r"(.+)>(?:PTQ|QATr?)", best.variant)
     if base and (base.group(1), "onnx") in by:  # a --trained student's INT8
         extra["fp32"] = Path(by[(base.group(1), "onnx")].path)
         sidecar = extra["fp32"].with_suffix(".train.json")
