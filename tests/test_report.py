@@ -46,6 +46,12 @@ def test_choose_default_fastest_int8_within_one_point() -> None:
             _row("b", "int8", 0.880, 5e5), _row("c", "mixed", 0.899, 3e5),
             _row("d", "int8", 0.899, 9e5, fmt="tflite")]
     assert R.choose_default(rows, "ecoli").variant == "c"
+    # speeds within 3 % are a tie (measurement noise): the more accurate one wins
+    rows += [_row("e", "int8", 0.897, 2.95e5), _row("f", "int8", 0.8995, 2.5e5)]
+    assert R.choose_default(rows, "ecoli").variant == "c"
+    rows[3] = _row("c", "mixed", 0.896, 3e5)
+    assert R.choose_default(rows, "ecoli").variant == "e"
+    assert R.choose_default(rows, "ecoli", speed_tie=0.0).variant == "c"
     rows = [_row("fp32", "fp32", 0.900, 1e5), _row("b", "int8", 0.85, 5e5)]
     assert R.choose_default(rows, "ecoli") is None
     assert R.choose_default(rows[1:], "ecoli") is None  # no parent row
