@@ -121,10 +121,10 @@ def compare(args: argparse.Namespace) -> list[dict]:
     samples = sum(b.shape[0] * b.shape[2] for b in batches)
     n_chunks = sum(b.shape[0] for b in batches)
     base = "bare onnxruntime fp32"
-    runs = {base: bare_onnxruntime(card.onnx_path, args.threads)}
+    runs = {base: bare_onnxruntime(card.variant_path("fp32"), args.threads)}
     missing = []
     for name, variant in parse_engines(args.engines):
-        label = "edgecall " + (name if variant == "fp32" else f"{name}:{variant}")
+        label = "edgecall " + (name if variant in ("", "main") else f"{name}:{variant}")
         try:
             runs[label] = engines.create(name, card, threads=args.threads, variant=variant).run
         except Exception as exc:  # noqa: BLE001 - report missing engines, keep going

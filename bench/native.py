@@ -238,7 +238,7 @@ def main(args: argparse.Namespace) -> int:
     tmp = tempfile.TemporaryDirectory()
     if args.model:
         card = load_card(args.model)
-        fp32, int8 = card.onnx_path, card.variant_path("int8")
+        fp32, int8 = card.variant_path("fp32"), card.variant_path("int8")
         what = f"model {card.name}"
     else:
         fp32, int8 = export_student(Path(tmp.name), chunks[:16])

@@ -94,17 +94,32 @@ class ModelCard:
 
     @property
     def onnx_path(self) -> Path:
-        """The fp32 ONNX file."""
+        """The main ONNX file (``[model] file``)."""
         return self.folder / self.file
 
+    @property
+    def precision(self) -> str:
+        """Precision of the main file: ``int8`` for an INT8 (QDQ) model, else ``fp32``."""
+        arch = self.raw.get("architecture", {})
+        return "int8" if str(arch.get("precision", "fp32")).startswith("int8") else "fp32"
+
+    @property
+    def variant_names(self) -> list[str]:
+        """The names ``--variant`` takes: the main file's precision, then the extra files."""
+        return [self.precision, *(v for v in self.variants if v != self.precision)]
+
     def variant_path(self, name: str) -> Path:
-        """Path of a named variant file (``fp32`` is the main file)."""
-        if name in ("fp32", ""):
+        """Path of a named variant file.
+
+        ``main`` (or ``""``) is the main file, which its precision (``fp32`` or ``int8``)
+        also names unless ``[model.variants]`` has a file of that name.
+        """
+        if name in self.variants:
+            return self.folder / self.variants[name]
+        if name in ("", "main", self.precision):
             return self.onnx_path
-        if name not in self.variants:
-            raise ModelError(f"model {self.name}: no {name!r} variant "
-                             f"(has: fp32, {', '.join(self.variants) or 'none'})")
-        return self.folder / self.variants[name]
+        raise ModelError(f"model {self.name}: no {name!r} variant "
+                         f"(has: main/{', '.join(self.variant_names)})")
 
     @property
     def accuracy(self) -> dict[str, Any]:

@@ -101,7 +101,7 @@ class Basecaller:
 
     @classmethod
     def load(cls, model: str | Path | models.ModelCard | None, *, engine: str = "onnx",
-             threads: int = 0, variant: str = "fp32", probe_read: Read | None = None,
+             threads: int = 0, variant: str = "main", probe_read: Read | None = None,
              **opts: Any) -> "Basecaller":
         """Resolve the model (by name, path, or the probe read's chemistry) and build it."""
         if isinstance(model, models.ModelCard):
@@ -355,7 +355,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              read_ids: set[str] | None = None, decoder: str = "greedy", beam_width: int = 5,
              fmt: str | None = None, progress: bool = False,
              basecaller: Basecaller | None = None, stop: threading.Event | None = None,
-             variant: str = "fp32", command_line: str = "",
+             variant: str = "main", command_line: str = "",
              on_failure: Any = None, min_samples: int = 1000) -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
@@ -388,6 +388,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
                                      chunk_size=chunk_size, overlap=overlap, decoder=decoder,
                                      beam_width=beam_width, min_samples=min_samples)
     summary.model, summary.engine = basecaller.card.name, basecaller.engine.name
+    if variant not in ("", "main", basecaller.card.precision):
+        summary.model += f":{variant}"
     bar = _progress(progress)
     with open_writer(output, fmt, model_name=basecaller.card.name,
                      sample_rate=basecaller.card.sample_rate, command_line=command_line) as w:

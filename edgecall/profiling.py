@@ -48,12 +48,12 @@ class Setting:
     engine: str
     threads: int
     batch_size: int
-    variant: str = "fp32"
+    variant: str = "main"
 
     @property
     def label(self) -> str:
         """Short name for tables and plots, e.g. ``onnx:int8 t2 b32``."""
-        eng = self.engine if self.variant == "fp32" else f"{self.engine}:{self.variant}"
+        eng = self.engine if self.variant in ("main", "") else f"{self.engine}:{self.variant}"
         return f"{eng} t{self.threads} b{self.batch_size}"
 
 
@@ -291,13 +291,13 @@ def _usable_cores() -> int:
 
 
 def parse_engines(spec: str | Sequence[str]) -> list[tuple[str, str]]:
-    """``"onnx,onnx:int8,native"`` -> ``[("onnx", "fp32"), ("onnx", "int8"), ...]``."""
+    """``"onnx,onnx:int8,native"`` -> ``[("onnx", "main"), ("onnx", "int8"), ...]``."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for item in (i.strip() for i in items):
         if item:
             name, _, variant = item.partition(":")
-            out.append((name, variant or "fp32"))
+            out.append((name, variant or "main"))
     if not out:
         raise EdgecallError("--engine: give at least one engine (onnx, native, tflite)")
     return out

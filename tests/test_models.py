@@ -27,6 +27,35 @@ def test_card_fields(tmp_path: Path) -> None:
         card.variant_path("int8")
 
 
+def test_variant_names_follow_the_main_files_precision(tmp_path: Path) -> None:
+    """An INT8 default model: main/int8 is its own file, fp32 the unquantised one."""
+    import shutil
+    import tomllib
+
+    folder = modelkit.make_test_model(tmp_path / "m")
+    raw = tomllib.loads((folder / "card.toml").read_text())
+    shutil.copyfile(folder / "model.onnx", folder / "model.int8.onnx")
+    raw["model"].update(file="model.int8.onnx", variants={"fp32": "model.onnx",
+                                                          "tflite_int8": "model.int8.tflite"})
+    raw.setdefault("architecture", {})["precision"] = "int8 QDQ (per-channel)"
+    models.write_card_toml(folder, raw)
+    card = models.load_card(folder)
+    assert card.precision == "int8" and card.variant_names == ["int8", "fp32", "tflite_int8"]
+    for name in ("main", "", "int8"):
+        assert card.variant_path(name) == folder / "model.int8.onnx"
+    assert card.variant_path("fp32") == folder / "model.onnx"
+    with pytest.raises(ModelError,
+                       match=r"no 'fp16' variant \(has: main/int8, fp32, tflite_int8\)"):
+        card.variant_path("fp16")
+    from edgecall.engines.tflite import tflite_path
+
+    (folder / "model.int8.tflite").write_bytes(b"")  # path resolution only
+    assert tflite_path(card, "main") == tflite_path(card, "int8") == folder / "model.int8.tflite"
+    fp32 = models.load_card(modelkit.make_test_model(tmp_path / "f"))
+    assert fp32.precision == "fp32" and fp32.variant_names == ["fp32"]
+    assert fp32.variant_path("main") == fp32.variant_path("fp32") == fp32.onnx_path
+
+
 def test_bad_cards(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no model card"):
         models.load_card(tmp_path)

@@ -136,8 +136,8 @@ def test_no_sensor_is_said_not_invented(report: profiling.ProfileReport) -> None
 
 
 def test_parse_engines_and_replay() -> None:
-    assert profiling.parse_engines("onnx, onnx:int8,native") == [
-        ("onnx", "fp32"), ("onnx", "int8"), ("native", "fp32")]
+    assert profiling.parse_engines("onnx, onnx:int8,native,native:fp32") == [
+        ("onnx", "main"), ("onnx", "int8"), ("native", "main"), ("native", "fp32")]
     with pytest.raises(EdgecallError):
         profiling.parse_engines(" , ")
     reads = ["a", "b", "c"]

@@ -224,7 +224,7 @@ def test_trained_student_variants(tmp_path: Path) -> None:
     verify(card)
     assert card.raw["architecture"]["block_channels"] == [8, 8]
     assert card.raw["training"]["command"] == side["training"]["command"]
-    assert card.variants["fp32_unquantised"] == "model.onnx"
+    assert card.variants["fp32"] == "model.onnx"
     with pytest.raises(Exception, match="LABEL=CHECKPOINT"):
         R.parse_trained(["nolabel"])
     with pytest.raises(Exception, match="no such checkpoint"):

@@ -98,7 +98,7 @@ def _iter_reads(paths: list[Path], max_reads: int | None) -> Iterator:
 def call_with_pipeline(model: str, paths: list[Path], threads: int,
                        max_reads: int | None, *, engine: str = "onnx",
                        decoder: str = "greedy", beam_width: int = 5,
-                       variant: str = "fp32") -> tuple[dict[str, str], int]:
+                       variant: str = "main") -> tuple[dict[str, str], int]:
     """Basecall through the device pipeline; returns (sequences, samples)."""
     from edgecall.pipeline import Basecaller
 
@@ -151,7 +151,7 @@ def evaluate(model: str, paths: list[Path], reference: Path | None = None,
              bam: Path | None = None, threads: int = 2,
              max_reads: int | None = None, read_ids: set[str] | None = None,
              dataset: str = "", *, engine: str = "onnx", decoder: str = "greedy",
-             beam_width: int = 5, variant: str = "fp32") -> dict:
+             beam_width: int = 5, variant: str = "main") -> dict:
     """Basecall ``paths`` with ``model`` and summarise identity against the reference.
 
     ``read_ids`` restricts the reads (e.g. a held-out split); ``dataset`` names
@@ -208,7 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="onnx", help="device engine (default onnx)")
     p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy")
     p.add_argument("--beam-width", type=int, default=5)
-    p.add_argument("--variant", default="fp32", help="model variant from the card (e.g. int8)")
+    p.add_argument("--variant", default="main",
+                   help="model file: main (the card's own), or a variant (fp32, int8, ...)")
     p.set_defaults(func=run)
 
 

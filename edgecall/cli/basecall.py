@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: picked by the reads' chemistry)")
     p.add_argument("--engine", default="auto", help="onnx, native, tflite or auto "
                    "(native where it supports the model, else onnx)")
-    p.add_argument("--variant", default="fp32", help="model file variant, e.g. fp32, int8")
+    p.add_argument("--variant", default="main",
+                   help="model file: main (the card's own), or fp32, int8, ... "
+                        "(edgecall models lists them)")
     p.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
     p.add_argument("--batch-size", type=int, default=32, help="chunks per engine call")
     p.add_argument("--chunk-size", type=int, help="samples per chunk (default: model card)")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"name": c.name, "default": c.default, "pore": c.pore,
                      "sample_rate": c.sample_rate,
                      "accepted_sample_rates": list(c.accepted_sample_rates),
-                     "size_bytes": size, "variants": ["fp32", *c.variants],
+                     "size_bytes": size, "variants": c.variant_names,
                      "accuracy": c.accuracy, "identity": _identity(c)})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -44,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"no trained models bundled (looked in {models_dir()}); "
               "give a model folder with --model")
         return 0
-    print(f"{'name':28} {'chemistry':10} {'rate (Hz)':12} {'size':>9}  variants       identity")
+    vw = max(len("variants"), *(len(",".join(r["variants"])) for r in rows))
+    print(f"{'name':28} {'chemistry':10} {'rate (Hz)':12} {'size':>9}  {'variants':{vw}} identity")
     for r in rows:
         rate = "/".join(map(str, r["accepted_sample_rates"]))
         star = "*" if r["default"] else " "
         print(f"{r['name'] + star:28} {r['pore']:10} {rate:12} {r['size_bytes'] / 1e6:7.2f}MB  "
-              f"{','.join(r['variants']):14} {r['identity']}")
-    print("* default for its chemistry")
+              f"{','.join(r['variants']):{vw}} {r['identity']}")
+    print("* default for its chemistry; the first variant is the model's own file "
+          "(--variant main)")
     return 0

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_env("MODEL"),
                    help="model name or folder (default: chosen from the first file's chemistry)")
     p.add_argument("--engine", default=_env("ENGINE", "onnx"), help="onnx | native | tflite")
-    p.add_argument("--variant", default=_env("VARIANT", "fp32"), help="fp32 | int8 | ...")
+    p.add_argument("--variant", default=_env("VARIANT", "main"),
+                   help="main (the card's own file) | fp32 | int8 | ...")
     p.add_argument("--threads", type=int, default=_env("THREADS", "0"),
                    help="engine threads (0 = all cores)")
     p.add_argument("--batch-size", type=int, default=_env("BATCH_SIZE", "32"),

@@ -70,7 +70,7 @@ class ServeConfig:
     model: str | None = None
     engine: str = "onnx"
     threads: int = 0
-    variant: str = "fp32"
+    variant: str = "main"
     batch_size: int = 32
     fmt: str = "fastq"
     metrics_addr: str = "127.0.0.1:9464"

@@ -41,7 +41,7 @@ from edgecall.models import ModelCard
 log = logging.getLogger(__name__)
 
 
-def supports(card: ModelCard, variant: str = "fp32") -> bool:
+def supports(card: ModelCard, variant: str = "main") -> bool:
     """True if the native engine can run ``card``'s ``variant`` file.
 
     For choosing the default engine: lowers the graph once (tens of ms) and
@@ -95,7 +95,7 @@ class NativeEngine:
 
     @classmethod
     def from_model(cls, card: ModelCard, *, threads: int = 0,
-                   variant: str = "fp32") -> "NativeEngine":
+                   variant: str = "main") -> "NativeEngine":
         """Build the engine for a model card's ``variant`` file (``fp32`` or ``int8``)."""
         return cls(card.variant_path(variant), threads=threads)
 

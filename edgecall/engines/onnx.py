@@ -41,7 +41,7 @@ class OnnxEngine:
 
     @classmethod
     def from_model(cls, card: ModelCard, *, threads: int = 0,
-                   variant: str = "fp32") -> "OnnxEngine":
+                   variant: str = "main") -> "OnnxEngine":
         """Build the engine for a model card's file (``variant`` e.g. ``int8``)."""
         return cls(card.variant_path(variant), threads=threads)
 

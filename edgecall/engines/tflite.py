@@ -54,8 +54,14 @@ def load_interpreter_class() -> tuple[type, str]:
                          "'edgecall[tflite]') or tflite-runtime; neither is installed") from None
 
 
-def tflite_path(card: ModelCard, variant: str = "fp32") -> Path:
-    """The ``.tflite`` file of ``card`` for ``variant`` (``fp32`` or ``int8``)."""
+def tflite_path(card: ModelCard, variant: str = "main") -> Path:
+    """The ``.tflite`` file of ``card`` for ``variant`` (``fp32`` or ``int8``).
+
+    ``main`` (or ``""``) follows the precision of the card's main file, so an INT8
+    default model runs its full-integer TFLite file.
+    """
+    if variant in ("", "main"):
+        variant = card.precision
     if variant not in VARIANT_FILES:
         raise ModelError(f"model {card.name}: the tflite engine has no {variant!r} variant "
                          f"(choose from {', '.join(VARIANT_FILES)})")
@@ -96,7 +102,7 @@ class TFLiteEngine:
 
     @classmethod
     def from_model(cls, card: ModelCard, *, threads: int = 0,
-                   variant: str = "fp32") -> "TFLiteEngine":
+                   variant: str = "main") -> "TFLiteEngine":
         """Build the engine for a model card's TFLite file (``variant`` fp32 or int8)."""
         return cls(tflite_path(card, variant), threads=threads)
 
