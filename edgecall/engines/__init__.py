@@ -19,8 +19,9 @@ def create(name: str, card: ModelCard, *, threads: int = 0, variant: str = "main
     ``auto`` is onnxruntime for INT8 (QDQ) model files, whose U8S8/S8S8 kernels
     outran edgecall's native INT8 (models/compression/r941_dsc_c128_v1/report.md: 2.55
     vs 1.81 M samples/s per x86 thread for the width-80 default; the Pi projection
-    agrees), and for FP32 files the native engine when its kernels are built and it supports the graph
-    (1.7x onnxruntime FP32), otherwise onnxruntime; the choice is logged.
+    agrees), and for FP32 files the native engine when its kernels are built and it
+    supports the graph (1.7x onnxruntime FP32), otherwise onnxruntime; the choice is
+    logged.
     """
     if name == "auto":
         path = card.variant_path(variant)
