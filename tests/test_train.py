@@ -281,3 +281,12 @@ def test_qat_with_the_students_own_recipe(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="training set"):
         qat_recipe(fold(student), {**vars(cfg), "train": str(tmp_path / "none.npz")},
                    steps=1, lr=1e-3)
+
+
+def test_training_command_records_a_non_default_seed() -> None:
+    from tools.export import training_command
+
+    cfg = {"run": "r", "lr": 5e-4, "kd_alpha": 0.2, "seed": 2, "hours": 0, "threads": 1}
+    assert training_command(cfg) == ("python -m tools.train --run r --lr 0.0005 "
+                                     "--kd-alpha 0.2 --seed 2")
+    assert "--seed" not in training_command({**cfg, "seed": 1})

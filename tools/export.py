@@ -77,7 +77,8 @@ def training_command(config: dict, depth: int = 0) -> str:
     cmd = "python -m tools.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in config.items()
         if k in ("run", "init_from", "lr", "batch_size", "hours", "max_steps", "kd_alpha",
-                 "kd_tau") and v not in ("", None) and not (k == "hours" and not v))
+                 "kd_tau", "seed") and v not in ("", None) and not (k == "hours" and not v)
+        and not (k == "seed" and v == 1))  # 1: tools.train's default
     init = Path(config.get("init_from") or "")
     if init.is_file() and depth < 4:
         meta = torch.load(init, map_location="cpu", weights_only=False)
