@@ -108,16 +108,18 @@ class ModelCard:
         """The names ``--variant`` takes: the main file's precision, then the extra files."""
         return [self.precision, *(v for v in self.variants if v != self.precision)]
 
-    def variant_path(self, name: str) -> Path:
-        """Path of a named variant file.
+    def is_main(self, name: str) -> bool:
+        """True if variant ``name`` is the main file: ``main`` (or ``""``), or the main
+        file's precision (``fp32`` or ``int8``) unless ``[model.variants]`` has a file of
+        that name."""
+        return name not in self.variants and name in ("", "main", self.precision)
 
-        ``main`` (or ``""``) is the main file, which its precision (``fp32`` or ``int8``)
-        also names unless ``[model.variants]`` has a file of that name.
-        """
+    def variant_path(self, name: str) -> Path:
+        """Path of a named variant file (see :meth:`is_main`)."""
+        if self.is_main(name):
+            return self.onnx_path
         if name in self.variants:
             return self.folder / self.variants[name]
-        if name in ("", "main", self.precision):
-            return self.onnx_path
         raise ModelError(f"model {self.name}: no {name!r} variant "
                          f"(has: main/{', '.join(self.variant_names)})")
 

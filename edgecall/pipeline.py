@@ -388,7 +388,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
                                      chunk_size=chunk_size, overlap=overlap, decoder=decoder,
                                      beam_width=beam_width, min_samples=min_samples)
     summary.model, summary.engine = basecaller.card.name, basecaller.engine.name
-    if variant not in ("", "main", basecaller.card.precision):
+    if not basecaller.card.is_main(variant):
         summary.model += f":{variant}"
     bar = _progress(progress)
     with open_writer(output, fmt, model_name=basecaller.card.name,

@@ -135,3 +135,48 @@ def test_merge_repads_labels() -> None:
     assert m["labels"].tolist() == [[1, 2, 0], [3, 0, 0], [4, 4, 4]]
     assert m["label_len"].tolist() == [2, 1, 3] and m["read_id"].tolist() == ["a", "a", "b"]
     assert m["signal"].shape == (3, 6)
+
+
+@pytest.mark.realdata
+@pytest.mark.tools
+def test_build_with_every_label_kind(tmp_path: Path, shared_data: Path) -> None:
+    """Reference labels (E. coli, SARS-CoV-2), basecall labels (tailfindr) and held-out
+    evaluation reads, built from a few real reads of each source."""
+    pytest.importorskip("torch")
+    from tools.data import BASECALL_LABEL_WEIGHT, Source, build_r941, r941_sources
+
+    r9 = shared_data / "r9.4.1"
+    tags = {s.tag for s in r941_sources(shared_data)}
+    assert {"ecoli", "corona", "lambda", "tailfindr", "human", "klebsiella"} <= tags
+    srcs = [Source(r9 / "ecoli" / "reads.pod5", "ecoli", r9 / "ecoli" / "reference.fa.gz",
+                   holdout=1, max_reads=3),
+            Source(r9 / "corona" / "reads.pod5", "corona",
+                   r9 / "corona" / "Corona_NC_045512.2.fasta", holdout=2, max_reads=6),
+            Source(r9 / "tailfindr" / "reads.pod5", "tailfindr", weight=BASECALL_LABEL_WEIGHT,
+                   max_reads=3)]
+    stats = build_r941(tmp_path, shared_data, r9 / "teacher" / "deepnano-blitz" / "rnn48.txt",
+                       sources=srcs)
+    train, val = load_dataset(tmp_path / "train.npz"), load_dataset(tmp_path / "val.npz")
+    held = dict(line.split("\t") for line in (tmp_path / "heldout.tsv").read_text().splitlines())
+    assert sorted(held.values()) == ["corona", "corona", "ecoli"]
+    assert stats.reads == 12 and stats.val_chunks == len(val["read_id"]) > 0
+    ids = set(train["read_id"].tolist())
+    assert not ids & set(held)  # held-out reads are never trained on
+    assert set(val["read_id"].tolist()) == {k for k, v in held.items() if v == "ecoli"}
+    weights = dict(zip(train["read_id"].tolist(), train["weight"].tolist(), strict=True))
+    kinds = {"ecoli": set(), "corona": set(), "tailfindr": set()}
+    for rid, w in weights.items():
+        for src in srcs:
+            if rid in {r.read_id for r in _reads(src)}:
+                kinds[src.tag].add(w)
+    assert kinds == {"ecoli": {1.0}, "corona": {1.0}, "tailfindr": {BASECALL_LABEL_WEIGHT}}
+    assert train["teacher"].shape[1:] == (1800 // 3, 5)
+    assert (train["label_len"] > 0).all()
+
+
+def _reads(src) -> list:
+    import itertools
+
+    from tools.data import iter_pod5
+
+    return list(itertools.islice(iter_pod5(src.path, src.tag), src.max_reads))

@@ -44,6 +44,7 @@ def test_variant_names_follow_the_main_files_precision(tmp_path: Path) -> None:
     for name in ("main", "", "int8"):
         assert card.variant_path(name) == folder / "model.int8.onnx"
     assert card.variant_path("fp32") == folder / "model.onnx"
+    assert card.is_main("main") and card.is_main("int8") and not card.is_main("fp32")
     with pytest.raises(ModelError,
                        match=r"no 'fp16' variant \(has: main/int8, fp32, tflite_int8\)"):
         card.variant_path("fp16")

@@ -140,11 +140,12 @@ def test_apply_updates_cards_and_default(tmp_path: Path) -> None:
     cards.make_default(parent, int8, name="parent_int8", rows={
         "technique": "PTQ minmax", "params": 16, "macs_per_sample": 4.0,
         "identity": {"coded": 0.99}, "parent_identity": 0.995, "onnx_sps": 2e6,
-        "parent_onnx_sps": 1e6, "report": "r.md"})
+        "parent_onnx_sps": 1e6, "report": "r.md", "rule": R.DEFAULT_RULE})
     new, old = load_card(tmp_path / "models" / "parent_int8"), load_card(parent)
     assert new.default and not old.default
     assert new.file == "model.int8.onnx" and new.raw["compression"]["parent_model"] == "parent"
     assert new.accuracy["coded"]["median_identity"] == 0.99
+    assert R.DEFAULT_RULE in new.raw["description"]
     verify(new)
     with pytest.raises(Exception, match="no card.toml"):
         cards.add_variants(tmp_path, {}, report="", summary={})

@@ -290,3 +290,39 @@ def test_training_command_records_a_non_default_seed() -> None:
     assert training_command(cfg) == ("python -m tools.train --run r --lr 0.0005 "
                                      "--kd-alpha 0.2 --seed 2")
     assert "--seed" not in training_command({**cfg, "seed": 1})
+
+
+def test_kd_on_unlabelled_chunks_reduces_the_kd_loss(tmp_path: Path) -> None:
+    """Chunks with CTC weight 0 (no usable label) train on the teacher's posteriors alone."""
+    from tools.train import ChunkData, losses, train_step
+
+    folder = _synthetic(tmp_path / "d", n=64)
+    z = dict(np.load(folder / "train.npz"))
+    n, nb = z["labels"].shape
+    teacher = np.full((n, z["signal"].shape[1] // 3, 5), np.log(0.01), np.float32)
+    teacher[:, :, 0] = np.log(0.96)
+    for i in range(n):  # a peaky teacher that knows the bases (2 frames of 3 samples each)
+        teacher[i, np.arange(nb) * 2, 0] = np.log(0.01)
+        teacher[i, np.arange(nb) * 2, z["labels"][i]] = np.log(0.96)
+    z["teacher"] = teacher.astype(np.float16)
+    z["weight"] = np.zeros(n, np.float32)  # unlabelled: the label must not count
+    z["labels"][:] = 1  # a wrong label that CTC would learn if it counted
+    np.savez(folder / "train.npz", **z)
+    cfg = _cfg(folder, kd_alpha=0.5)
+    data = ChunkData(cfg.train)
+    assert data.weight is not None and float(data.weight.sum()) == 0.0
+    torch.manual_seed(0)
+    net = Student(ArchConfig(**cfg.arch))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x, lens = data.signal[:, None], data.label_len
+    with torch.no_grad():
+        _, ctc0, kd0 = losses(net, x, data.labels, lens, data.teacher, None, cfg, data.weight)
+    assert ctc0 == 0.0
+    for step in range(80):
+        train_step(net, opt, data, torch.arange(step * 16, step * 16 + 16) % n, None, cfg)
+    with torch.no_grad():
+        _, _, kd1 = losses(net, x, data.labels, lens, data.teacher, None, cfg, data.weight)
+        calls = net(x[:4]).argmax(-1)
+    assert kd1 < 0.5 * kd0
+    # it learned the teacher's bases, not the (ignored) all-A label
+    assert (calls != 0).sum() > 0 and set(calls[calls != 0].tolist()) - {1}

@@ -63,7 +63,8 @@ def make_default(parent: Path, int8_model: Path, *, name: str, rows: dict[str, A
                  extra: dict[str, Path] | None = None) -> Path:
     """Create the ``name`` folder holding the default INT8 model; demote the parent.
 
-    ``rows`` carries what the card records: ``technique``, ``params``,
+    ``rows`` carries what the card records: ``technique``, ``rule`` (why it was chosen,
+    :data:`tools.report.DEFAULT_RULE`), ``params``,
     ``macs_per_sample``, ``identity`` (per eval set), ``parent_identity``,
     ``onnx_sps``, ``parent_onnx_sps``, ``report``; a student trained after pruning
     adds ``training`` (its own ``[training]`` table) and ``block_channels``.
@@ -79,9 +80,7 @@ def make_default(parent: Path, int8_model: Path, *, name: str, rows: dict[str, A
         shutil.copyfile(src, folder / dst)
         variants[key] = dst  # "fp32": the unquantised student (main file is int8)
     card.update(name=name, default=True, description=(
-        f"INT8 QDQ ({rows['technique']}) of {card['name']}: the fastest INT8 model within "
-        f"1.0 pp median identity of its FP32 parent, the most accurate of those within 3 % "
-        f"of its speed (tools report)"))
+        f"INT8 QDQ ({rows['technique']}) of {card['name']}: {rows['rule']} (tools report)"))
     card["model"]["file"] = "model.int8.onnx"
     card["model"]["variants"] = variants
     card.setdefault("architecture", {}).update(

@@ -13,6 +13,8 @@ Dataset format (shared by every producer: this module, ``tools.simulate`` and
                                    for knowledge distillation, stride 3 (deepnano-blitz).
 ``start``      int64   ``[M]``     optional: chunk start sample within its read.
 ``sample_rate`` int scalar        optional: samples per second of ``signal``.
+``weight``     float32 ``[M]``     optional: CTC weight of the chunk's label (1 = reference
+                                   label, less for a basecall label; default 1).
 
 Labels are in read (signal) orientation. A chunk with ``label_len == 0`` is never written.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,9 +185,9 @@ def chunk_labels(read: RawRead, logp: np.ndarray, chunk: int, step: int, ref_ali
             yield s, lab
 
 
-def save_dataset(path: Path, rows: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]],
-                 sample_rate: int = 4000) -> int:
-    """Write chunk rows ``(read_id, start, signal, labels, teacher)`` in the dataset format."""
+def save_dataset(path: Path, rows: list[tuple], sample_rate: int = 4000) -> int:
+    """Write chunk rows ``(read_id, start, signal, labels, teacher[, weight])`` in the
+    dataset format (``weight`` defaults to 1)."""
     if not rows:
         raise ValueError(f"{path}: no chunks to write")
     lmax = max(r[3].size for r in rows)
@@ -198,6 +201,7 @@ def save_dataset(path: Path, rows: list[tuple[str, int, np.ndarray, np.ndarray, 
              read_id=np.array([r[0] for r in rows]),
              start=np.array([r[1] for r in rows], np.int64),
              teacher=np.stack([r[4] for r in rows]).astype(np.float16),
+             weight=np.array([r[5] if len(r) > 5 else 1.0 for r in rows], np.float32),
              sample_rate=np.int64(sample_rate))
     return len(rows)
 
@@ -216,11 +220,55 @@ def cached_teacher_logp(teacher, read: RawRead, cache: Path | None) -> np.ndarra
     return logp.astype(np.float16).astype(np.float32)
 
 
-def r941_sources(data_root: Path) -> list[tuple[Path, str]]:
-    """The R9.4.1 pod5 files used for training and their tags."""
-    return [(data_root / "r9.4.1" / "ecoli" / "reads.pod5", "ecoli"),
-            (data_root / "r9.4.1" / "klebsiella" / "reads.pod5", "klebsiella"),
-            (data_root / "r9.4.1" / "misc" / "pod5ff_multi_fast5_zip.pod5", "misc")]
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One R9.4.1 pod5 file of the training data and how its reads are labelled.
+
+    ``reference``: label chunks from this FASTA (through the teacher's aligned call);
+    None: the teacher's own basecall is the label (a weaker label, ``weight`` < 1).
+    ``holdout``: this many reads (by SHA-1 of the read id) are never trained on; for
+    ``ecoli`` they are the validation reads, for the others an evaluation set.
+    """
+
+    path: Path
+    tag: str
+    reference: Path | None = None
+    holdout: int = 0
+    weight: float = 1.0
+    max_reads: int | None = None  # only the first reads of the file (tests, quick builds)
+
+
+#: CTC weight of chunks labelled by the teacher's basecall instead of a reference
+BASECALL_LABEL_WEIGHT = 0.5
+
+
+def r941_sources(data_root: Path, n_val: int = 12) -> list[Source]:
+    """Every R9.4.1 pod5 file in the shared data, with its labels (see SOURCES.md)."""
+    r9 = data_root / "r9.4.1"
+    w = BASECALL_LABEL_WEIGHT
+    return [Source(r9 / "ecoli" / "reads.pod5", "ecoli", r9 / "ecoli" / "reference.fa.gz",
+                   n_val),
+            Source(r9 / "klebsiella" / "reads.pod5", "klebsiella", weight=w),
+            Source(r9 / "misc" / "pod5ff_multi_fast5_zip.pod5", "misc", weight=w),
+            Source(r9 / "misc" / "uncalled_example.pod5", "uncalled",
+                   r9 / "misc" / "uncalled_example_ref.fa"),
+            Source(r9 / "corona" / "reads.pod5", "corona",
+                   r9 / "corona" / "Corona_NC_045512.2.fasta", 50),
+            Source(r9 / "marcpaga" / "reads.pod5", "lambda", r9 / "marcpaga" / "Lambda_phage.fna",
+                   10),
+            Source(r9 / "tailfindr" / "reads.pod5", "tailfindr", weight=w),
+            Source(r9 / "targetcall_reads" / "reads.pod5", "human", weight=w)]
+
+
+def source_reads(data_root: Path, n_val: int = 12,
+                 sources: list[Source] | None = None) -> list[tuple[Source, RawRead]]:
+    """All reads of ``sources`` (default :func:`r941_sources`) whose file exists."""
+    out = []
+    for src in sources if sources is not None else r941_sources(data_root, n_val):
+        if src.path.exists():
+            reads = iter_pod5(src.path, src.tag)
+            out += [(src, r) for r in itertools.islice(reads, src.max_reads)]
+    return out
 
 
 def fill_teacher_cache(data_root: Path, weights: Path, cache: Path, shard: int,
@@ -230,7 +278,7 @@ def fill_teacher_cache(data_root: Path, weights: Path, cache: Path, shard: int,
 
     cache.mkdir(parents=True, exist_ok=True)
     teacher = DeepnanoTeacher(weights)
-    reads = [r for path, tag in r941_sources(data_root) for r in iter_pod5(path, tag)]
+    reads = [r for _, r in source_reads(data_root)]
     done = 0
     for i, read in enumerate(reads):
         if i % shards == shard:
@@ -241,11 +289,15 @@ def fill_teacher_cache(data_root: Path, weights: Path, cache: Path, shard: int,
 
 
 def build_r941(out: Path, data_root: Path, weights: Path, chunk: int = 1800, step: int = 900,
-               n_val: int = 12) -> BuildStats:
-    """Build ``train.npz``, ``val.npz`` and ``val_reads.npz`` for R9.4.1 under ``out``.
+               n_val: int = 12, sources: list[Source] | None = None) -> BuildStats:
+    """Build ``train.npz``, ``val.npz``, ``val_reads.npz`` and ``heldout.tsv`` under ``out``.
 
-    E. coli reads are labelled from the reference, the others by the teacher's
-    basecall; ``n_val`` E. coli reads are held out by read for validation.
+    Every R9.4.1 read of :func:`r941_sources`: reads with a reference are labelled from it
+    (CTC weight 1), the others by the teacher's basecall (weight
+    :data:`BASECALL_LABEL_WEIGHT`); every chunk carries the teacher's posteriors for
+    distillation. ``n_val`` E. coli reads are held out by read for validation; each
+    source's ``holdout`` reads (SARS-CoV-2, lambda) are never trained on and listed in
+    ``heldout.tsv`` (read id, source) for evaluation. ``sources`` replaces the default list.
     """
     import mappy
 
@@ -255,26 +307,36 @@ def build_r941(out: Path, data_root: Path, weights: Path, chunk: int = 1800, ste
         raise ValueError(f"chunk size {chunk} must be a multiple of 12")
     out.mkdir(parents=True, exist_ok=True)
     teacher = DeepnanoTeacher(weights)
-    ref_path = data_root / "r9.4.1" / "ecoli" / "reference.fa.gz"
-    aligner = mappy.Aligner(str(ref_path), preset="map-ont")
-    if not aligner:
-        raise ValueError(f"{ref_path}: cannot build a mappy index")
-    reads = [r for path, tag in r941_sources(data_root) for r in iter_pod5(path, tag)]
+    sources = sources if sources is not None else r941_sources(data_root, n_val)
+    aligners: dict[Path, mappy.Aligner] = {}
+    for src in sources:
+        if src.reference is not None and src.path.exists():
+            aligners[src.reference] = mappy.Aligner(str(src.reference), preset="map-ont")
+            if not aligners[src.reference]:
+                raise ValueError(f"{src.reference}: cannot build a mappy index")
+    reads = source_reads(data_root, n_val, sources)
+    by_source: dict[str, list[str]] = {}
+    for src, r in reads:
+        by_source.setdefault(src.tag, []).append(r.read_id)
+    held = {src.tag: holdout_ids(by_source.get(src.tag, []), src.holdout)
+            for src in sources}
+    val_ids = held.get("ecoli", set())
     cache = out / "teacher_cache"
     cache.mkdir(exist_ok=True)
-    val_ids = holdout_ids([r.read_id for r in reads if r.source == "ecoli"], n_val)
     train_rows: list = []
     val_rows: list = []
     skipped = 0
-    for i, read in enumerate(reads):
-        logp = cached_teacher_logp(teacher, read, cache)
+    for i, (src, read) in enumerate(reads):
         is_val = read.read_id in val_ids
-        use_ref = aligner if read.source == "ecoli" else None
+        if read.read_id in held[src.tag] and not is_val:
+            continue  # an evaluation read: never trained on
+        logp = cached_teacher_logp(teacher, read, cache)
+        use_ref = aligners.get(src.reference) if src.reference is not None else None
         st = chunk if is_val else step
         before = len(train_rows) + len(val_rows)
         for s, lab in chunk_labels(read, logp, chunk, st, use_ref):
             row = (read.read_id, s, read.signal[s:s + chunk], lab,
-                   logp[s // 3:(s + chunk) // 3])
+                   logp[s // 3:(s + chunk) // 3], src.weight)
             (val_rows if is_val else train_rows).append(row)
         n_possible = max(0, (read.signal.shape[0] - chunk) // st + 1)
         skipped += n_possible - (len(train_rows) + len(val_rows) - before)
@@ -283,11 +345,17 @@ def build_r941(out: Path, data_root: Path, weights: Path, chunk: int = 1800, ste
                  len(train_rows) + len(val_rows) - before)
     save_dataset(out / "train.npz", train_rows)
     save_dataset(out / "val.npz", val_rows)
-    vreads = [r for r in reads if r.read_id in val_ids]
-    np.savez(out / "val_reads.npz", read_id=np.array([r.read_id for r in vreads]),
-             offsets=np.cumsum([0] + [r.signal.shape[0] for r in vreads]).astype(np.int64),
-             signal=np.concatenate([r.signal for r in vreads]).astype(np.float32),
-             reference=np.array(str(ref_path)))
+    vreads = [r for _, r in reads if r.read_id in val_ids]
+    ref_path = next((s.reference for s in sources if s.tag == "ecoli"), None)
+    if vreads and ref_path is not None:
+        np.savez(out / "val_reads.npz", read_id=np.array([r.read_id for r in vreads]),
+                 offsets=np.cumsum([0] + [r.signal.shape[0] for r in vreads]).astype(np.int64),
+                 signal=np.concatenate([r.signal for r in vreads]).astype(np.float32),
+                 reference=np.array(str(ref_path)))
+    tmp = out / ".heldout.tsv.tmp"
+    tmp.write_text("".join(f"{rid}\t{tag}\n" for tag, ids in sorted(held.items())
+                           for rid in sorted(ids)))
+    tmp.replace(out / "heldout.tsv")
     return BuildStats(len(reads), len(train_rows), len(val_rows), skipped)
 
 

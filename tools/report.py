@@ -409,8 +409,16 @@ def plot(rows: list[Row], path: Path, *, eval_set: str, title: str,
     return path
 
 
-def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = 0.01,
-                   min_parent: float = 0.5, speed_tie: float = 0.03) -> Row | None:
+#: the default rule: within MAX_DROP median identity of the FP32 parent; INT8 files within
+#: SPEED_TIE of the fastest one's speed are a tie. DEFAULT_RULE says it in the report and card.
+MAX_DROP, SPEED_TIE = 0.01, 0.03
+DEFAULT_RULE = (f"the fastest INT8 model within {MAX_DROP * 100:.1f} pp median identity of its "
+                f"FP32 parent, the most accurate of those within {SPEED_TIE * 100:.0f} % of "
+                "its speed")
+
+
+def choose_default(rows: list[Row], eval_set: str, *, max_drop: float = MAX_DROP,
+                   min_parent: float = 0.5, speed_tie: float = SPEED_TIE) -> Row | None:
     """Fastest INT8 ONNX row within ``max_drop`` median identity of the FP32 ONNX parent.
 
     Rows within ``speed_tie`` (a fraction) of the fastest qualifying row's onnxruntime
@@ -580,8 +588,7 @@ def run(args: argparse.Namespace) -> int:
                             "onnxruntime path on this CPU), per-channel symmetric 7-bit weights",
         "speed": f"[{args.batch_size},1,{card.chunk_size}] batches, best of {args.rounds} "
                  f"round-robin passes of {args.seconds}s",
-        "default candidate (fastest INT8 within 1.0 pp of FP32; of those within 3 % of its "
-        "speed, the most accurate)": best.variant if best else "none qualifies"}
+        f"default candidate ({DEFAULT_RULE})": best.variant if best else "none qualifies"}
     title = f"Compression report: {card.name} from {args.checkpoint.name}"
     paths = write_outputs(rows, args.out, title=title, meta=meta, eval_set=evals[0].name,
                           sensitivity=sens, default=best.variant if best else None)
@@ -608,7 +615,8 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
     summary = {"default_candidate": best.variant if best else "none"}
     cards.add_variants(card_dir, files, report=report, summary=summary)
     if best is None or parent is None:
-        return f"{card_dir}: variants added; no INT8 model within 1.0 pp: default unchanged"
+        return (f"{card_dir}: variants added; no INT8 model within {MAX_DROP * 100:.1f} pp: "
+                "default unchanged")
     extra = {}
     provenance: dict = {}
     pct = re.search(r"struct(?:ured)? (\d+)%", best.technique)
@@ -633,6 +641,6 @@ def apply(rows: list[Row], best: Row | None, card_dir: Path | None, *, report: s
         "macs_per_sample": best.macs_per_sample, "identity": best.identity,
         "parent_identity": parent.identity.get(eval_set, 0.0),
         "onnx_sps": best.speed.get("onnx", 0.0),
-        "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report,
+        "parent_onnx_sps": parent.speed.get("onnx", 0.0), "report": report, "rule": DEFAULT_RULE,
         "threads": threads, **provenance})
     return f"default for {card_dir.name}'s chemistry is now {name} ({best.variant})"

@@ -105,6 +105,7 @@ class ChunkData:
         self.labels = torch.from_numpy(d["labels"].astype(np.int64))
         self.label_len = torch.from_numpy(d["label_len"].astype(np.int64))
         self.teacher = torch.from_numpy(d["teacher"]) if "teacher" in d else None
+        self.weight = torch.from_numpy(d["weight"].astype(np.float32)) if "weight" in d else None
         self.read_id = d["read_id"]
 
     def __len__(self) -> int:
@@ -146,13 +147,19 @@ def augment(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 def losses(model: Student, x: torch.Tensor, labels: torch.Tensor, lens: torch.Tensor,
            teacher: torch.Tensor | None, rmat: torch.Tensor | None,
-           cfg: TrainConfig) -> tuple[torch.Tensor, float, float]:
-    """Combined loss and its (ctc, kd) parts for one batch."""
+           cfg: TrainConfig, weight: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, float, float]:
+    """Combined loss and its (ctc, kd) parts for one batch.
+
+    ``weight`` (per chunk) scales each chunk's CTC term: 1 for a reference label, less for
+    a basecall label (``tools.data.BASECALL_LABEL_WEIGHT``); distillation is unweighted.
+    """
     logp = model(x)  # [N, F, C]
     n, frames, _ = logp.shape
     in_len = torch.full((n,), frames, dtype=torch.long)
-    ctc = F.ctc_loss(logp.transpose(0, 1), labels, in_len, lens, blank=0,
-                     reduction="mean", zero_infinity=True)
+    per = F.ctc_loss(logp.transpose(0, 1), labels, in_len, lens, blank=0,
+                     reduction="none", zero_infinity=True) / lens.clamp_min(1)
+    ctc = per.mean() if weight is None else (per * weight).sum() / weight.sum().clamp_min(1e-6)
     if teacher is None or cfg.kd_alpha <= 0:
         return ctc, float(ctc.detach()), 0.0
     tau = cfg.kd_tau
@@ -185,7 +192,8 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: ChunkDa
     lens = data.label_len[idx]
     labels = data.labels[idx][:, :int(lens.max())]
     teacher = data.teacher[idx] if data.teacher is not None else None
-    loss, ctc, kd = losses(model, x[:, None], labels, lens, teacher, rmat, cfg)
+    weight = data.weight[idx] if data.weight is not None else None
+    loss, ctc, kd = losses(model, x[:, None], labels, lens, teacher, rmat, cfg, weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
