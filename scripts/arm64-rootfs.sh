@@ -21,32 +21,47 @@ export QEMU_CPU="${QEMU_CPU:-max}"   # max exposes NEON + dotprod (+ more) to th
 # wrapper (scripts/arm64-qemu-wrap.c, built here with the host cc) makes them ENOSYS.
 QEMU_WRAP="${EDGECALL_QEMU_WRAP:-$(dirname "$ARM64_ROOT")/tools/qemu-aarch64-wrap}"
 _SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-NICE="nice -n 10"
+NICE="nice -n ${EDGECALL_NICE:-10}"  # added to the caller's niceness
 
 _now() { date +%s.%N; }
-# step NAME CMD... : run a step and record how long it took.
+# step NAME CMD... : run a step, record how long it took, keep its output in its own log
+# ($STEP_LOG_DIR/NN-name.log; a failed step is added to $STEP_LOG_DIR/failed.tsv).
 STEP_LOG="${STEP_LOG:-$(mktemp /tmp/edgecall-arm64-steps.XXXXXX)}"
-export STEP_LOG
+STEP_LOG_DIR="${STEP_LOG_DIR:-$STEP_LOG.d}"
+export STEP_LOG STEP_LOG_DIR
+STEP_NO=0
 step() {
     local name="$1"; shift
-    local t0 t1 rc
-    echo "==> [$(date -u +%H:%M:%S)] $name" >&2
+    local t0 t1 rc log
+    STEP_NO=$((STEP_NO + 1))
+    mkdir -p "$STEP_LOG_DIR"
+    log="$STEP_LOG_DIR/$(printf '%02d' "$STEP_NO")-$(echo "$name" | tr -cs 'A-Za-z0-9' '-' \
+        | cut -c1-60).log"
+    echo "==> [$(date -u +%H:%M:%S)] $name (log: $log)" >&2
     t0=$(_now)
-    set +e; "$@"; rc=$?; set -e
+    set +e; "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}; set -e
     t1=$(_now)
     printf '%-48s %8.1f s  %s\n' "$name" "$(awk "BEGIN{print $t1 - $t0}")" \
-        "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" | tee -a "$STEP_LOG" >&2
-    return $rc
+        "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" | tee -a "$STEP_LOG" >&2
+    [ "$rc" -eq 0 ] || printf '%s\t%s\n' "$name" "$log" >> "$STEP_LOG_DIR/failed.tsv"
+    return "$rc"
 }
 
 need_host_tools() {
     local missing=()
-    for t in debootstrap proot qemu-aarch64-static aarch64-linux-gnu-objdump cc; do
+    local py="${EDGECALL_HOST_PYTHON:-python3}"
+    for t in debootstrap proot qemu-aarch64-static aarch64-linux-gnu-objdump \
+             aarch64-linux-gnu-gcc cc git "$py"; do
         command -v "$t" >/dev/null || missing+=("$t")
     done
+    # the x86 reference and the cross build's Cython live in venvs of the host Python
+    if command -v "$py" >/dev/null && ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+        missing+=("$py -m venv (python3-venv)")
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         echo "arm64-check: missing host tools: ${missing[*]} (apt-get install debootstrap" \
-             "proot qemu-user-static binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu)" >&2
+             "proot qemu-user-static binutils-aarch64-linux-gnu gcc-aarch64-linux-gnu" \
+             "gcc python3-venv git)" >&2
         return 1
     fi
 }
@@ -68,7 +83,8 @@ build_wrap() {
 # qemu-user the guest would read the host's x86 /proc/cpuinfo; onnxruntime's cpuinfo
 # library then crashes (SIGSEGV) while importing. A real Pi has the real file.
 fake_cpuinfo() {
-    local kind="$1" f="$(dirname "$QEMU_WRAP")/cpuinfo-$1" feat var part rev i
+    local kind="$1" f feat var part rev i
+    f="$(dirname "$QEMU_WRAP")/cpuinfo-$1"
     if [ "$kind" = a72 ]; then
         feat="fp asimd evtstrm crc32 cpuid"; var=0x0; part=0xd08; rev=3
     else
@@ -98,6 +114,7 @@ in_root() {
         cortex-a72|cortex-a57|cortex-a53) binds+=(-b "$(fake_cpuinfo a72):/proc/cpuinfo") ;;
         *) binds+=(-b "$(fake_cpuinfo a76):/proc/cpuinfo") ;;
     esac
+    # shellcheck disable=SC2046,SC2086  # PIP_* settings and $NICE split into words on purpose
     env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         $(env | grep -E '^PIP_' | grep -v '^PIP_FIND_LINKS=' || true) \
@@ -156,11 +173,11 @@ build_rootfs() {
     fi
     local mark; mark=$(wc -l < "$STEP_LOG")
     if [ ! -f "$ARM64_ROOT/debootstrap/debootstrap" ]; then
-        step "rootfs: debootstrap --foreign (download+unpack)" first_stage
+        step "rootfs: debootstrap --foreign (download+unpack)" first_stage || return 1
     fi
-    step "rootfs: second stage under proot+qemu" second_stage
-    step "rootfs: host pip settings + CA certificates" host_settings
-    step "rootfs: smoke test (python3, gcc)" smoke
+    step "rootfs: second stage under proot+qemu" second_stage || return 1
+    step "rootfs: host pip settings + CA certificates" host_settings || return 1
+    step "rootfs: smoke test (python3, gcc)" smoke || return 1
     { echo "built $(date -u +%FT%TZ)"; tail -n +$((mark + 1)) "$STEP_LOG"; } \
         > "$ARM64_ROOT/.edgecall-rootfs-ok"
 }
