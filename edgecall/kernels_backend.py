@@ -2,7 +2,7 @@
 
 ``kernels()`` returns a :class:`Kernels` bundle with every kernel function
 (same names and signatures in both backends). The compiled modules
-``edgecall._kernels.{conv,qconv,ctc}`` are used unless ``EDGECALL_PURE_PYTHON=1``
+``edgecall._kernels.{conv,qconv,ctc,crf}`` are used unless ``EDGECALL_PURE_PYTHON=1``
 or the machine has no C compiler (then a warning is logged). If the compiled
 modules should exist but cannot be imported, :class:`KernelsMissing` is raised
 with the command that builds them: a failed build is never silently slow.
@@ -33,7 +33,10 @@ _NAMES = {
     "qconv": ("qpack", "quantize", "dequantize", "requantize", "qadd", "qconv_generic",
               "qdepthwise_conv", "qpointwise_conv", "qstem_conv", "qdwpw_conv"),
     "ctc": ("greedy", "beam_search"),
+    "crf": ("crf_viterbi", "crf_backward", "crf_forward_backward", "crf_beam_search"),
 }
+#: numpy reference module per compiled module (default :mod:`edgecall.kernels_ref`)
+_REFS = {"crf": "edgecall.crf_ref"}
 
 
 class KernelsMissing(EdgecallError):
@@ -74,9 +77,12 @@ def _have_compiler() -> bool:
 
 
 def _numpy() -> Kernels:
-    from edgecall import kernels_ref
+    import importlib
 
-    funcs = {n: getattr(kernels_ref, n) for names in _NAMES.values() for n in names}
+    funcs = {}
+    for mod, names in _NAMES.items():
+        ref = importlib.import_module(_REFS.get(mod, "edgecall.kernels_ref"))
+        funcs.update({n: getattr(ref, n) for n in names})
     return Kernels("numpy", "numpy", funcs)
 
 
