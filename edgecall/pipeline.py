@@ -19,6 +19,7 @@ back to the caller; a read that fails becomes a counted ``Failed`` record.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import resource
@@ -36,8 +37,9 @@ from edgecall import decode as dec
 from edgecall import models, signal
 from edgecall.engines import Engine, create
 from edgecall.errors import EdgecallError, ModelError
-from edgecall.io.reader import find_pod5, iter_reads
-from edgecall.io.writer import open_writer
+from edgecall.io.reader import find_pod5, iter_reads, scan_runs
+from edgecall.io.resume import Resume
+from edgecall.io.writer import check_overwrite, open_writer
 from edgecall.types import CalledRead, Failed, Read
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class _Pending:
     starts: list[int]
     n: int  # samples at the model's rate
     chunks: np.ndarray  # [k, T]
+    shift: float = 0.0  # pA shift/scale of the standardisation (sm/sd tags)
+    scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +132,12 @@ class Basecaller:
             return Failed(read.path, read.read_id,
                           f"{read.path}: read {read.read_id}: {read.num_samples} samples is "
                           f"shorter than the minimum {self.min_samples}")
-        x = signal.prepare(read, self.card.norm, self.card.sample_rate)
+        x, shift, scale = signal.prepare_scaled(read, self.card.norm, self.card.sample_rate)
         starts = signal.chunk_starts(x.shape[0], self.chunk_size, self.overlap,
                                      self.card.stride)
         chunks = np.stack([c.signal for c in signal.chunk_read(
             read.read_id, x, self.chunk_size, self.overlap, self.card.stride)])
-        return _Pending(read, starts, int(x.shape[0]), chunks)
+        return _Pending(read, starts, int(x.shape[0]), chunks, shift, scale)
 
     def _reader(self, reads: Iterable[Read | Failed], out: queue.Queue, stop: threading.Event
                 ) -> None:
@@ -280,11 +284,19 @@ class Basecaller:
             st.failed += 1
             return item
         job, post = item
-        called = self._decode(job, post)
+        called = _with_origin(self._decode(job, post), job, self.card.norm.method)
         st.reads += 1
         st.bases += len(called.sequence)
         st.samples += job.read.num_samples
         return called
+
+
+def _with_origin(called: CalledRead, job: _Pending, norm_method: str) -> CalledRead:
+    """Add what the writer's tags need from the raw read: well, file, scaling."""
+    r = job.read
+    return dataclasses.replace(called, well=r.well, path=r.path, end_reason=r.end_reason,
+                               norm_shift=job.shift, norm_scale=job.scale,
+                               norm_method=norm_method)
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
@@ -312,6 +324,8 @@ class RunSummary:
     output: str = ""
     model: str = ""
     engine: str = ""
+    below_min_qscore: int = 0  # written to the _fail file, or dropped on stdout
+    resumed: int = 0  # records copied from --resume-from
 
     @property
     def samples_per_s(self) -> float:
@@ -356,7 +370,9 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              fmt: str | None = None, progress: bool = False,
              basecaller: Basecaller | None = None, stop: threading.Event | None = None,
              variant: str = "main", command_line: str = "",
-             on_failure: Any = None, min_samples: int = 1000) -> RunSummary:
+             on_failure: Any = None, min_samples: int = 1000, emit_moves: bool = True,
+             min_qscore: float = 0.0, fail_output: str | Path | None = None,
+             force: bool = True, resume_from: str | Path | None = None) -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
     Parameters
@@ -371,6 +387,15 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         Inference engine.
     on_failure : callable, optional
         Called with each :class:`Failed` as it happens (e.g. to print it).
+    emit_moves : bool
+        Write the move table (``mv:B:c``) into SAM/BAM and FASTQ headers.
+    min_qscore : float
+        Reads with a lower mean qscore go to the ``_fail`` companion file
+        (``fail_output`` if given); on stdout they are dropped and counted.
+    force : bool
+        Replace an existing output; otherwise that is an error.
+    resume_from : path, optional
+        An earlier (possibly truncated) SAM/BAM: its reads are copied, not called again.
 
     Returns
     -------
@@ -379,6 +404,10 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     t0 = time.perf_counter()
     files = find_pod5(inputs, recursive=recursive)
     summary = RunSummary(files=len(files), output=str(output or "-"))
+    resume = Resume.scan(resume_from) if resume_from else None
+    if output is not None and str(output) != "-" and not force and not (
+            resume is not None and Path(output).resolve() == Path(resume_from or "").resolve()):
+        check_overwrite(Path(output), force)
     if basecaller is None:
         probe = None if model else _first_read(files, read_ids)
         if model is None and probe is None:
@@ -392,8 +421,15 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         summary.model += f":{variant}"
     bar = _progress(progress)
     with open_writer(output, fmt, model_name=basecaller.card.name,
-                     sample_rate=basecaller.card.sample_rate, command_line=command_line) as w:
-        for item in basecaller.call(iter_reads(files, read_ids=read_ids, max_reads=max_reads)):
+                     sample_rate=basecaller.card.sample_rate, command_line=command_line,
+                     runs=scan_runs(files), emit_moves=emit_moves, min_qscore=min_qscore,
+                     fail_output=fail_output,
+                     extra_read_groups=resume.read_groups if resume else ()) as w:
+        reads = iter_reads(files, read_ids=read_ids, max_reads=max_reads)
+        if resume is not None:
+            summary.resumed = resume.copy_into(w)
+            reads = _skip_done(reads, resume.read_ids)
+        for item in basecaller.call(reads):
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
             if isinstance(item, Failed):
@@ -401,7 +437,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
                 if on_failure is not None:
                     on_failure(item)
                 continue
-            w.write(item)
+            if not w.write(item):
+                summary.below_min_qscore += 1
             summary.reads += 1
             summary.bases += len(item.sequence)
             summary.samples += item.num_samples
@@ -411,9 +448,18 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
                                     "samples/s", refresh=False)
     if bar is not None:
         bar.close()
+    if resume is not None:
+        resume.finish()
     summary.wall_s = time.perf_counter() - t0
     summary.peak_rss_mb = peak_rss_mb()
     return summary
+
+
+def _skip_done(reads: Iterable[Read | Failed], done: set[str]) -> Iterator[Read | Failed]:
+    """Leave out the reads an earlier run already wrote (``--resume-from``)."""
+    for item in reads:
+        if not (isinstance(item, Read) and item.read_id in done):
+            yield item
 
 
 def _progress(enabled: bool) -> Any:

@@ -32,19 +32,32 @@ class Normalisation:
     clip: float = 0.0  # 0 = no clipping
 
 
-def normalise(signal_pa: np.ndarray, norm: Normalisation) -> np.ndarray:
-    """Standardise one read's pA signal as the model expects (float32)."""
-    x = np.asarray(signal_pa, dtype=np.float32)
+def norm_params(signal_pa: np.ndarray, norm: Normalisation) -> tuple[float, float]:
+    """The pA ``(shift, scale)`` that :func:`normalise` uses: ``x = (pA - shift) / scale``.
+
+    These are what a SAM record's ``sm``/``sd`` tags carry.
+    """
     if norm.method == "median_mad":
+        x = np.asarray(signal_pa, dtype=np.float32)
         med = np.median(x)
         mad = np.median(np.abs(x - med)) * MAD_TO_SD
         if not np.isfinite(mad) or mad <= 0:
             mad = np.float32(1.0)
-        out = (x - med) / np.float32(mad)
-    elif norm.method == "fixed":
-        out = (x - np.float32(norm.shift)) / np.float32(norm.scale)
-    else:
-        raise ValueError(f"unknown normalisation method {norm.method!r}")
+        return float(med), float(mad)
+    if norm.method == "fixed":
+        return float(norm.shift), float(norm.scale)
+    raise ValueError(f"unknown normalisation method {norm.method!r}")
+
+
+def normalise(signal_pa: np.ndarray, norm: Normalisation,
+              params: tuple[float, float] | None = None) -> np.ndarray:
+    """Standardise one read's pA signal as the model expects (float32).
+
+    ``params`` are :func:`norm_params` when already computed.
+    """
+    x = np.asarray(signal_pa, dtype=np.float32)
+    shift, scale = params if params is not None else norm_params(x, norm)
+    out = (x - np.float32(shift)) / np.float32(scale)
     if norm.clip > 0:
         np.clip(out, -norm.clip, norm.clip, out=out)
     return out.astype(np.float32, copy=False)
@@ -135,6 +148,12 @@ def stitch(posts: list[np.ndarray], starts: list[int], n: int, chunk_size: int,
 
 def prepare(read: Read, norm: Normalisation, model_rate: int) -> np.ndarray:
     """pA calibration, resampling to the model's rate, then normalisation."""
-    pa = read.signal_pa()
-    pa = resample(pa, read.sample_rate, model_rate)
-    return normalise(pa, norm)
+    return prepare_scaled(read, norm, model_rate)[0]
+
+
+def prepare_scaled(read: Read, norm: Normalisation, model_rate: int
+                   ) -> tuple[np.ndarray, float, float]:
+    """Like :func:`prepare`, also returning the pA ``(shift, scale)`` it used."""
+    pa = resample(read.signal_pa(), read.sample_rate, model_rate)
+    shift, scale = norm_params(pa, norm)
+    return normalise(pa, norm, (shift, scale)), shift, scale

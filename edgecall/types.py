@@ -27,6 +27,10 @@ class RunMeta:
     sample_id: str = ""
     protocol_name: str = ""
     run_id: str = ""
+    acquisition_start_time: str = ""  # ISO 8601 UTC ("" = unknown)
+    device_id: str = ""  # sequencer position, e.g. MN12345 or 1A
+    device_type: str = ""  # sequencer position type, e.g. MinION
+    protocol_run_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,12 @@ class CalledRead:
     start_sample: int = 0
     run: RunMeta = field(default_factory=RunMeta)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    well: int = 0  # mx: the mux the read came through
+    path: str = ""  # the pod5 file the read came from (fn: its name)
+    end_reason: str = ""
+    norm_shift: float = 0.0  # sm: pA shift of the model's standardisation
+    norm_scale: float = 1.0  # sd: pA scale of the model's standardisation
+    norm_method: str = ""  # the card's normalisation method (median_mad or fixed)
 
 
 @dataclass(frozen=True, slots=True)

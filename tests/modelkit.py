@@ -87,13 +87,15 @@ def encode(seq: str, rng: np.random.Generator, *, stride: int = 4, min_frames: i
 
 
 def write_pod5(path: Path, reads: dict[str, np.ndarray], *, sample_rate: int = 4000,
-               flow_cell: str = "FLO-MIN106", kit: str = "SQK-LSK109") -> None:
+               flow_cell: str = "FLO-MIN106", kit: str = "SQK-LSK109",
+               run_id: str = "edgecall-test-run",
+               started: datetime.datetime = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+               ) -> None:
     """Write pA signals as a real pod5 file (calibration offset 0, scale 1)."""
     import pod5
 
     run = pod5.RunInfo(
-        acquisition_id="edgecall-test-run", acquisition_start_time=datetime.datetime(
-            2026, 1, 1, tzinfo=datetime.UTC),
+        acquisition_id=run_id, acquisition_start_time=started,
         adc_max=8191, adc_min=-8192, context_tags={"sample_frequency": str(sample_rate)},
         experiment_name="edgecall-tests", flow_cell_id="FAK00000",
         flow_cell_product_code=flow_cell, protocol_name="test", protocol_run_id="test",

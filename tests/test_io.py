@@ -40,7 +40,7 @@ def test_round_trip(tmp_path: Path, ext: str) -> None:
         assert [r.name for r in recs] == [r.read_id for r in reads]
         assert [r.sequence for r in recs] == [r.sequence for r in reads]
         assert [r.quality for r in recs] == [r.quality for r in reads]
-        assert "qs:f:12.50" in recs[0].comment and "RG:Z:m1" in recs[0].comment
+        assert "qs:f:12.5\t" in recs[0].comment and recs[0].comment.endswith("RG:Z:m1")
         if ext.endswith(".gz"):
             assert gzip.open(out).read(1) == b"@"
         return
@@ -164,3 +164,150 @@ def test_real_pod5_files(shared_data: Path) -> None:
     assert n > 150
     ecoli = next(reader.iter_reads([shared_data / "r9.4.1/ecoli/reads.pod5"]))
     assert ecoli.run.flow_cell_product_code == "FLO-MIN106" and ecoli.sample_rate == 4000
+
+
+# -- dorado's SAM specification --------------------------------------------------------------
+def _call_bam(model: Path, pods: list[Path], out: Path, **kw: object) -> Path:
+    from edgecall.pipeline import basecall
+
+    basecall(pods, out, model=str(model), command_line="edgecall basecall x.pod5", **kw)
+    return out
+
+
+def test_bam_meets_dorado_spec(tiny_model: Path, coded_pod5: tuple[Path, dict[str, str]],
+                               tmp_path: Path) -> None:
+    import dorado_sam
+
+    path, seqs = coded_pod5
+    out = _call_bam(tiny_model, [path], tmp_path / "calls.bam", emit_moves=True)
+    assert dorado_sam.check_file(out) == []
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        (rg,) = f.header.to_dict()["RG"]
+        recs = list(f.fetch(until_eof=True))
+    assert rg == {"ID": "edgecall-test-run_test_level_model", "PU": "FAK00000", "PM": "MN00000",
+                  "DT": "2026-01-01T00:00:00.000+00:00", "PL": "ONT", "LB": "sample",
+                  "SM": "sample", "DS": "runid=edgecall-test-run basecall_model=test_level_model"}
+    by_id = {r.read_id: r for r in reader.iter_reads([path])}
+    for rec in recs:
+        raw = by_id[rec.query_name]
+        secs = raw.start_sample / raw.sample_rate  # modelkit: start_sample = 1000 * i
+        assert rec.get_tag("st") == f"2026-01-01T00:00:{secs:06.3f}+00:00"
+        assert rec.get_tag("du") == pytest.approx(raw.num_samples / 4000)
+        assert rec.get_tag("fn") == "coded.pod5" and rec.get_tag("mx") == raw.well == 1
+        assert rec.get_tag("ch") == raw.channel and rec.get_tag("rn") == raw.read_number
+        # the level model standardises with fixed pA shift 0 / scale 1 (dorado's "pa")
+        assert (rec.get_tag("sm"), rec.get_tag("sd"), rec.get_tag("sv")) == (0.0, 1.0, "pa")
+        assert rec.get_tag("RG") == rg["ID"]
+    assert [r.query_sequence for r in recs] == list(seqs.values())
+
+
+def test_scaling_tags_carry_the_reads_median_and_mad(
+        tiny_model: Path, coded_pod5: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    import dataclasses
+
+    from edgecall import models
+    from edgecall.pipeline import basecall
+    from edgecall.signal import Normalisation
+
+    card = models.resolve(str(tiny_model))
+    card = dataclasses.replace(card, norm=Normalisation("median_mad"))
+    out = tmp_path / "mad.sam"
+    basecall([coded_pod5[0]], out, model=card, max_reads=3)
+    by_id = {r.read_id: r for r in reader.iter_reads([coded_pod5[0]])}
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        for rec in f.fetch(until_eof=True):
+            pa = by_id[rec.query_name].signal_pa()
+            med = float(np.median(pa))
+            assert rec.get_tag("sm") == pytest.approx(med, rel=1e-5)
+            assert rec.get_tag("sd") == pytest.approx(
+                1.4826 * float(np.median(np.abs(pa - med))), rel=1e-5)
+            assert rec.get_tag("sv") == "med_mad"
+
+
+def test_moves_only_when_asked(tiny_model: Path, coded_pod5: tuple[Path, dict[str, str]],
+                               tmp_path: Path) -> None:
+    import dorado_sam
+
+    out = _call_bam(tiny_model, [coded_pod5[0]], tmp_path / "c.sam", emit_moves=False,
+                    max_reads=2)
+    assert dorado_sam.check_file(out) == []
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        assert not any(r.has_tag("mv") for r in f.fetch(until_eof=True))
+
+
+def test_fastq_header_has_the_same_tags(tiny_model: Path, tmp_path: Path,
+                                        coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    bam = _call_bam(tiny_model, [coded_pod5[0]], tmp_path / "c.bam", emit_moves=True)
+    fq = _call_bam(tiny_model, [coded_pod5[0]], tmp_path / "c.fastq", emit_moves=True)
+    with pysam.AlignmentFile(str(bam), check_sq=False) as f:
+        want = {r.query_name: r.to_string().split("\t")[11:] for r in f.fetch(until_eof=True)}
+    got = {r.name: r.comment.split("\t") for r in pysam.FastxFile(str(fq))}
+    assert got == want  # what `samtools fastq -T '*'` would print
+
+
+def test_two_runs_merge_and_split_back_by_read_group(tiny_model: Path, tmp_path: Path) -> None:
+    import datetime
+
+    import modelkit
+
+    ids: dict[str, set[str]] = {}
+    bams = []
+    for k, run in enumerate(("run-a", "run-b")):
+        pod = tmp_path / f"{run}.pod5"
+        seqs = modelkit.make_coded_pod5(pod, 3, seed=10 + k, min_len=60, max_len=120,
+                                        run_id=run, started=datetime.datetime(
+                                            2026, 2, 1 + k, tzinfo=datetime.UTC))
+        ids[f"{run}_test_level_model"] = set(seqs)
+        bams.append(str(_call_bam(tiny_model, [pod], tmp_path / f"{run}.bam")))
+    merged = tmp_path / "merged.bam"
+    pysam.merge("-f", str(merged), *bams)
+    with pysam.AlignmentFile(str(merged), check_sq=False) as f:
+        assert {rg["ID"] for rg in f.header.to_dict()["RG"]} == set(ids)
+    for rg, want in ids.items():
+        part = tmp_path / f"{rg}.bam"
+        pysam.view("-b", "-r", rg, "-o", str(part), str(merged), catch_stdout=False)
+        with pysam.AlignmentFile(str(part), check_sq=False) as f:
+            assert {r.query_name for r in f.fetch(until_eof=True)} == want
+    # and one run over both files writes both read groups, each read pointing to its run
+    both = _call_bam(tiny_model, [tmp_path / "run-a.pod5", tmp_path / "run-b.pod5"],
+                     tmp_path / "both.bam")
+    with pysam.AlignmentFile(str(both), check_sq=False) as f:
+        assert len(f.header.to_dict()["RG"]) == 2
+        got = {r.query_name: r.get_tag("RG") for r in f.fetch(until_eof=True)}
+    assert got == {rid: rg for rg, rids in ids.items() for rid in rids}
+
+
+def test_min_qscore_fail_companion(tmp_path: Path) -> None:
+    out = tmp_path / "calls.fastq.gz"
+    reads = [_called(i) for i in range(5)]  # qs 12.5 .. 16.5
+    with writer.open_writer(out, model_name="m", min_qscore=14.0) as w:
+        kept = [w.write(r) for r in reads]
+    assert kept == [False, False, True, True, True]
+    assert [r.name for r in pysam.FastxFile(str(out))] == ["read-2", "read-3", "read-4"]
+    fail = tmp_path / "calls_fail.fastq.gz"
+    assert [r.name for r in pysam.FastxFile(str(fail))] == ["read-0", "read-1"]
+    with pytest.raises(InputError, match="--force"):
+        writer.open_writer(out, model_name="m", overwrite=False)
+    (tmp_path / "new_fail.bam").touch()
+    with pytest.raises(InputError, match="new_fail.bam"):
+        writer.open_writer(tmp_path / "new.sam", model_name="m", overwrite=False,
+                           min_qscore=1, fail_output=tmp_path / "new_fail.bam")
+    assert writer.fail_path(Path("a/x.sam")) == Path("a/x_fail.sam")
+
+
+@pytest.mark.realdata
+def test_shared_r941_reads_meet_dorado_spec(shared_data: Path, tmp_path: Path) -> None:
+    import dorado_sam
+
+    from edgecall.pipeline import basecall
+
+    out = tmp_path / "ecoli.bam"
+    basecall([shared_data / "r9.4.1" / "ecoli" / "reads.pod5"], out, max_reads=3,
+             emit_moves=True, command_line="edgecall basecall reads.pod5")
+    assert dorado_sam.check_file(out) == []
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        (rg,) = f.header.to_dict()["RG"]
+        recs = list(f.fetch(until_eof=True))
+    assert rg["ID"].startswith("0cc960b63c07619b4bf2917507d447479a21da66_")
+    assert rg["PM"] == "MN16303" and rg["DT"] == "2016-12-13T19:33:30.000+00:00"
+    assert len(recs) == 3 and all(r.get_tag("st").startswith("2016-12-1") for r in recs)

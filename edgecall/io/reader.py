@@ -8,8 +8,10 @@ on with the next file.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -81,7 +83,42 @@ def _run_meta(run_info: object) -> RunMeta:
                    sample_rate=int(getattr(run_info, "sample_rate", 0) or 0),
                    experiment_name=g("experiment_name"), flow_cell_id=g("flow_cell_id"),
                    sample_id=g("sample_id"), protocol_name=g("protocol_name"),
-                   run_id=g("acquisition_id"))
+                   run_id=g("acquisition_id"),
+                   acquisition_start_time=_iso_utc(getattr(run_info, "acquisition_start_time",
+                                                           None)),
+                   device_id=g("sequencer_position"), device_type=g("sequencer_position_type"),
+                   protocol_run_id=g("protocol_run_id"))
+
+
+def _iso_utc(when: object) -> str:
+    """A pod5 timestamp as ISO 8601 UTC with milliseconds ("" when unknown)."""
+    if not isinstance(when, datetime.datetime):
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def scan_runs(files: Iterable[Path]) -> list[RunMeta]:
+    """The distinct runs (pod5 run infos) of the input files, in first-seen order.
+
+    Only the small run-info tables are read, so a SAM/BAM header can list one
+    read group per run before any read is called. Unreadable files are skipped
+    here; the read stream reports them.
+    """
+    import pod5
+
+    seen: dict[str, RunMeta] = {}
+    for path in files:
+        try:
+            with pod5.Reader(Path(path)) as reader:
+                rows = reader.run_info_table.read_all().to_pylist()
+        except Exception:  # noqa: BLE001 - reported by iter_file as a Failed record
+            continue
+        for row in rows:
+            meta = _run_meta(types.SimpleNamespace(**row))
+            seen.setdefault(meta.run_id, meta)
+    return list(seen.values())
 
 
 def _to_read(rec: object, path: Path, metas: dict[str, RunMeta]) -> Read:

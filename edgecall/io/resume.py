@@ -1,0 +1,129 @@
+"""``--resume-from``: carry the reads of an earlier, interrupted run into a new output.
+
+dorado's semantics: the read ids already in the earlier SAM/BAM are skipped
+when calling, and its records are copied (tags and all) into the new output,
+so the new file holds every read exactly once. A truncated file (``kill -9``,
+power loss) is read up to its last complete record.
+
+edgecall writes under a temporary name (``.calls.bam.<pid>.tmp``) until a run
+finishes, so after a crash ``calls.bam`` may not exist yet: naming it finds the
+newest such temporary file, which is removed once the new output is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecall.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def find_partial(path: Path) -> Path | None:
+    """The newest temporary file an interrupted run left for ``path``, if any."""
+    found = sorted(path.parent.glob(f".{path.name}.*.tmp"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def resolve(path: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """(file to resume from, whether it is an interrupted run's temporary file)."""
+    p = Path(path)
+    if p.is_file():
+        return p, False
+    partial = find_partial(p)
+    if partial is not None:
+        log.info("resuming from %s (the interrupted run's temporary file)", partial)
+        return partial, True
+    raise InputError(f"{p}: no such file to resume from (nor a partial .{p.name}.*.tmp)")
+
+
+def _open(path: Path) -> Any:
+    """Open a SAM/BAM with pysam, tolerating a missing EOF block."""
+    import pysam
+
+    try:
+        return pysam.AlignmentFile(str(path), check_sq=False, ignore_truncation=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot resume from it (not a readable SAM/BAM): "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+                         ) from None
+
+
+def complete_records(path: Path) -> Iterator[Any]:
+    """The records of a SAM/BAM up to its last complete one."""
+    text_tail_ok = True
+    if not _is_bgzf(path):
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 1))
+            text_tail_ok = fh.read(1) in (b"\n", b"")
+    with _open(path) as f:
+        it = f.fetch(until_eof=True)
+        prev = None
+        while True:
+            try:
+                seg = next(it)
+            except StopIteration:
+                break
+            except (OSError, ValueError) as exc:
+                log.warning("%s: truncated; resuming from its complete records (%s)",
+                            path, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                break
+            if prev is not None:
+                yield prev
+            prev = seg
+        if prev is not None and (text_tail_ok and _complete(prev)):
+            yield prev
+
+
+def _is_bgzf(path: Path) -> bool:
+    """True for a BGZF (BAM) file."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _complete(seg: Any) -> bool:
+    """A record whose sequence and qualities agree (a cut SAM line would not)."""
+    seq = seg.query_sequence or ""
+    qual = seg.query_qualities
+    return qual is None or len(qual) == len(seq)
+
+
+@dataclass
+class Resume:
+    """What an earlier run already wrote."""
+
+    path: Path
+    partial: bool = False  # an interrupted run's temporary file (removed when done)
+    read_ids: set[str] = field(default_factory=set)
+    read_groups: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def scan(cls, path: str | os.PathLike[str]) -> Resume:
+        """Read the ids and read groups of an earlier output."""
+        src, partial = resolve(path)
+        with _open(src) as f:
+            groups = [dict(rg) for rg in f.header.to_dict().get("RG", [])]
+        ids = {seg.query_name for seg in complete_records(src)}
+        return cls(src, partial, ids, groups)
+
+    def copy_into(self, writer: Any) -> int:
+        """Copy the complete records into ``writer`` (a :class:`~edgecall.io.writer.Writer`)."""
+        n = 0
+        seen: set[str] = set()
+        for seg in complete_records(self.path):
+            if seg.query_name in seen:
+                continue
+            seen.add(seg.query_name)
+            writer.copy(seg)
+            n += 1
+        return n
+
+    def finish(self) -> None:
+        """Remove the interrupted run's temporary file once the new output is complete."""
+        if self.partial:
+            self.path.unlink(missing_ok=True)
