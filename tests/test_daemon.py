@@ -67,7 +67,7 @@ def test_files_appearing_over_time_each_called_once(dirs: dict[str, Path],
     for rel, rids in expected.items():  # one output per input, mirroring its path
         out = dirs["out"] / Path(rel).with_suffix(".fastq")
         assert sum(1 for _ in out.open()) == 4 * len(rids)
-        assert rows[rel]["reads"] == rows[rel]["expected_reads"] == len(rids)
+        assert rows[rel]["reads"] == len(rids)
     assert "not readable yet" in dirs["log"].read_text()  # the paused copy was retried
     assert not dk.temp_files(dirs["out"])
 

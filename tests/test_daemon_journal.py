@@ -14,50 +14,54 @@ from edgecall.errors import EdgecallError
 
 def test_lifecycle_and_counts(tmp_path: Path) -> None:
     with Journal(journal_path(tmp_path)) as j:
-        j.add_pending("run/pod5/a.pod5", 100, 5, expected_reads=3)
-        j.add_pending("run/pod5/b.pod5", 200, 6, expected_reads=4)
+        j.add_pending("ka", "run/pod5/a.pod5", 100, 5, expected_reads=3)
+        j.add_pending("kb", "run/pod5/b.pod5", 200, 6, expected_reads=4)
         assert j.next_pending().path == "run/pod5/a.pod5"
-        j.start("run/pod5/a.pod5")
+        j.start("ka", "run/pod5/a.fastq")
         assert j.counts() == {"pending": 1, "running": 1, "done": 0, "quarantined": 0}
-        j.finish("run/pod5/a.pod5", output="run/pod5/a.fastq", reads=3, failed_reads=0,
+        assert j.output_taken("RUN/pod5/A.FASTQ") and not j.output_taken("run/pod5/b.fastq")
+        j.finish("ka", output="run/pod5/a.fastq", reads=3, failed_reads=0,
                  bases=30, samples=300, seconds=1.5)
-        j.quarantine("run/pod5/c.pod5", "c: truncated", 10, 7)
+        j.quarantine("kc", "run/pod5/c.pod5", "c: truncated", 10, 7)
         assert j.counts() == {"pending": 1, "running": 0, "done": 1, "quarantined": 1}
         assert j.totals() == {"reads": 3, "failed_reads": 0, "bases": 30, "samples": 300}
-        done = j.get("run/pod5/a.pod5")
+        done = j.get("ka")
         assert done.state == "done" and done.attempts == 1 and done.output.endswith(".fastq")
-        assert j.get("run/pod5/c.pod5").reason == "c: truncated"
-        # a done file is never re-queued, a quarantined one is when it changes
-        j.add_pending("run/pod5/a.pod5", 999, 9, expected_reads=3)
-        assert j.get("run/pod5/a.pod5").state == "done"
-        j.add_pending("run/pod5/c.pod5", 20, 8, expected_reads=1)
-        assert j.get("run/pod5/c.pod5").state == "pending"
-        assert j.get("run/pod5/c.pod5").reason is None
+        assert j.latest("run/pod5/c.pod5").reason == "c: truncated"
+        # the same content is never re-queued (wherever it is found again) ...
+        j.add_pending("ka", "elsewhere/a.pod5", 100, 5, expected_reads=3)
+        assert j.get("ka").state == "done" and j.get("ka").path == "run/pod5/a.pod5"
+        # ... new content at a quarantined path replaces the quarantined row
+        j.add_pending("kc2", "run/pod5/c.pod5", 20, 8, expected_reads=1)
+        assert j.latest("run/pod5/c.pod5").state == "pending" and j.get("kc") is None
+        assert j.latest("run/pod5/c.pod5").reason is None
 
 
 def test_wal_mode_and_recovery_after_crash(tmp_path: Path) -> None:
     path = journal_path(tmp_path)
     j = Journal(path)
-    j.add_pending("a.pod5", 1, 1, 1)
-    j.start("a.pod5")
+    j.add_pending("k", "a.pod5", 1, 1, 1)
+    j.start("k")
     # simulate a crash: no close(); open a second connection as a restarted daemon would
     j2 = Journal(path)
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert j2.recover() == ["a.pod5"]
-    entry = j2.get("a.pod5")
+    entry = j2.get("k")
     assert entry.state == "pending" and entry.crashes == 1 and "interrupted" in entry.reason
     assert j2.recover() == []
     j.close()
     j2.close()
 
 
-def test_abandon_keeps_file_pending(tmp_path: Path) -> None:
+def test_abandon_keeps_file_pending_and_forget_drops_it(tmp_path: Path) -> None:
     with Journal(journal_path(tmp_path)) as j:
-        j.add_pending("a.pod5", 1, 1, 1)
-        j.start("a.pod5")
-        j.abandon("a.pod5", "received SIGTERM")
-        e = j.get("a.pod5")
+        j.add_pending("k", "a.pod5", 1, 1, 1)
+        j.start("k")
+        j.abandon("k", "received SIGTERM")
+        e = j.get("k")
         assert (e.state, e.reason, e.crashes) == ("pending", "received SIGTERM", 0)
+        j.forget("k")
+        assert j.get("k") is None
 
 
 def test_output_path_and_temp_cleanup(tmp_path: Path) -> None:

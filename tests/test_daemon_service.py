@@ -16,6 +16,7 @@ import daemonkit as dk
 import numpy as np
 import pytest
 
+from edgecall.daemon import files
 from edgecall.daemon.service import ServeConfig, Service
 from edgecall.daemon.systemd import Notifier
 from edgecall.errors import EdgecallError
@@ -129,9 +130,10 @@ def test_too_many_crashes_quarantines_instead_of_looping(tmp_path: Path) -> None
     dk.make_inputs(cfg.watch, {"poison.pod5": 2, "fine.pod5": 2})
     with Journal(journal_path(cfg.state)) as j:
         st = (cfg.watch / "poison.pod5").stat()
-        j.add_pending("poison.pod5", st.st_size, st.st_mtime_ns, 2)
+        key = files.identify(cfg.watch / "poison.pod5").key
+        j.add_pending(key, "poison.pod5", st.st_size, st.st_mtime_ns, 2)
         for _ in range(2):  # two crashes while it was running
-            j.start("poison.pod5")
+            j.start(key)
             j.recover()
     _service(cfg, EchoCaller()).run()
     rows = dk.journal(cfg.state)

@@ -1,14 +1,17 @@
-"""Filesystem helpers for the daemon: output names, stale temp cleanup, fsync,
-the single-instance lock and the quarantine folder.
+"""Filesystem helpers for the daemon: input identity and snapshots, output names, stale
+temp cleanup, fsync, the single-instance lock and the quarantine folder.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -20,10 +23,118 @@ log = logging.getLogger(__name__)
 EXTENSIONS = {"fastq": ".fastq", "sam": ".sam", "bam": ".bam"}
 
 
+#: Bytes hashed at each end of a file for its identity (the pod5 footer is at the end).
+IDENTITY_BYTES = 64 << 10
+#: Longest file name most file systems accept (bytes).
+NAME_MAX = 255
+_TEMP_SUFFIX_MAX = 32  # ".<name>.<pid>.tmp" adds at most this much to a name
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a file is: its content key, and the stat fields that change with it."""
+
+    key: str
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+class Changed(Exception):
+    """The input changed (rewritten, truncated, replaced) while it was being read."""
+
+
+def _stat_sig(st: os.stat_result) -> tuple[int, int, int]:
+    """(size, mtime_ns, inode) of a stat result."""
+    return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
+
+
+def content_key(fh: IO[bytes], size: int) -> str:
+    """sha256 of the size and the first and last ``IDENTITY_BYTES`` of an open file.
+
+    A pod5 file's footer (at the end) holds its unique file identifier and the
+    table offsets, so equal keys mean the same file content, wherever it lives.
+    """
+    h = hashlib.sha256(str(size).encode())
+    fh.seek(0)
+    h.update(fh.read(IDENTITY_BYTES))
+    if size > IDENTITY_BYTES:
+        fh.seek(max(IDENTITY_BYTES, size - IDENTITY_BYTES))
+        h.update(fh.read(IDENTITY_BYTES))
+    return h.hexdigest()
+
+
+def identify(path: Path) -> Identity:
+    """The :class:`Identity` of ``path`` (plain reads, never a memory map)."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        key = content_key(fh, int(st.st_size))
+    return Identity(key, *_stat_sig(st))
+
+
+def snapshot(src: Path, dst: Path, ident: Identity) -> None:
+    """Copy ``src`` to the private file ``dst`` and check it is the content ``ident``.
+
+    pod5 memory-maps its input, so reading a file that another process truncates
+    or rewrites meanwhile kills the reader with SIGBUS; the daemon therefore
+    reads this private copy. Raises :class:`Changed` if ``src`` changed during
+    the copy (or is not ``ident`` any more); ``dst`` is then removed.
+    """
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            before = _stat_sig(os.fstat(fin.fileno()))
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            copied = fout.tell()
+            after = _stat_sig(os.fstat(fin.fileno()))
+        now = _stat_sig(os.stat(src))
+        if not before == after == now == (ident.size, ident.mtime_ns, ident.ino) \
+                or copied != ident.size:
+            raise Changed(f"{src}: changed while it was being read")
+        with open(dst, "rb") as fh:
+            if content_key(fh, copied) != ident.key:
+                raise Changed(f"{src}: content changed since it was queued")
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+
+
 def output_path(output_dir: Path, rel: str, fmt: str) -> Path:
     """Mirror ``rel`` (``a/b.pod5``) under ``output_dir`` with the format's extension."""
     rel_path = Path(rel)
     return output_dir / rel_path.parent / (rel_path.stem + EXTENSIONS[fmt])
+
+
+def _fit_name(stem: str, ext: str) -> str:
+    """``stem + ext``, the stem shortened (plus a hash) if the temp name would be too long."""
+    limit = NAME_MAX - _TEMP_SUFFIX_MAX - len(ext.encode())
+    raw = os.fsencode(stem)
+    if len(raw) <= limit:
+        return stem + ext
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
+    cut = raw[:limit - len(tag)]
+    return os.fsdecode(cut) + tag + ext
+
+
+def allocate_output(output_dir: Path, rel: str, fmt: str,
+                    taken: Callable[[str], bool]) -> str:
+    """A unique output name for input ``rel``, relative to ``output_dir``.
+
+    The mirrored name (``a/b.pod5`` -> ``a/b.fastq``) unless another input owns it
+    (``taken``, compared case-insensitively, so ``x.pod5`` and ``x.POD5`` never
+    share an output), a file of that name already exists, or the name would be
+    too long for the file system; then ``b_2.fastq``, ``b_3.fastq``, ...
+    """
+    rel_path = Path(rel)
+    parent = rel_path.parent
+    ext = EXTENSIONS[fmt]
+    n = 1
+    while True:
+        stem = rel_path.stem if n == 1 else f"{rel_path.stem}_{n}"
+        cand = (parent / _fit_name(stem, ext)).as_posix()
+        if not taken(cand) and not os.path.lexists(output_dir / cand):
+            return cand
+        n += 1
 
 
 def is_temp_name(name: str) -> bool:

@@ -4,14 +4,21 @@ One :class:`Service` owns one model instance (a
 :class:`~edgecall.pipeline.Basecaller`) for its whole life and works through
 the journal's pending files one at a time, oldest first::
 
-    watcher.poll ──> journal (pending) ──> Basecaller.call(iter_reads([file]))
+    watcher.poll ──> journal (pending) ──> private copy ──> Basecaller.call(iter_reads([copy]))
                                                   │
                                        open_writer (temp name) ──> rename ──> fsync
                                                   │
                                            journal (done) ──> metrics, STATUS=, JSONL
 
 The queue is the journal on disk, so memory does not grow with the number of
-files waiting. Signal handlers only set a flag and wake the loop: SIGTERM and
+files waiting. Journal rows are keyed by the input's content identity, so a done
+file that is renamed or moved is not basecalled again, and a file replaced with
+new content gets an output name of its own. The input is copied to a private
+file in the state folder before it is read (pod5 memory-maps what it reads; a
+file truncated underneath would kill the daemon with SIGBUS), and a file that
+changes while it is copied goes back to the watcher.
+
+Signal handlers only set a flag and wake the loop: SIGTERM and
 SIGINT abandon the current file at the next read (its temp output is deleted
 and it stays pending) and the process exits 0; SIGHUP forces a rescan. The
 systemd watchdog is pinged only while work progresses (from the loop between
@@ -24,9 +31,11 @@ exits 1 for the same reason; the file is retried and quarantined only after
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -39,9 +48,9 @@ from typing import Any, Protocol
 from edgecall import __version__
 from edgecall.daemon import files
 from edgecall.daemon.http import MetricsServer, ProcessProbe, parse_addr
-from edgecall.daemon.journal import Journal, journal_path
+from edgecall.daemon.journal import FileEntry, Journal, journal_path, safe_text
 from edgecall.daemon.systemd import Heartbeat, Notifier
-from edgecall.daemon.watcher import SETTLED, Signature, Watcher
+from edgecall.daemon.watcher import Candidate, Signature, Watcher
 from edgecall.errors import EdgecallError
 from edgecall.types import CalledRead, Failed, Read
 
@@ -208,9 +217,11 @@ class Service:
         for folder in [p for p in (cfg.output, cfg.quarantine) if p is not None]:
             for path in files.remove_stale_temps(folder):
                 log.info("removed stale temporary file %s", path)
+        self._snapshots = cfg.state / "snapshots"
+        shutil.rmtree(self._snapshots, ignore_errors=True)
+        self._snapshots.mkdir(parents=True, exist_ok=True)
         for entry in self.journal.entries():
-            quarantined = entry.state == "quarantined"
-            self._known[entry.path] = (entry.size, entry.mtime_ns) if quarantined else SETTLED
+            self._known[entry.path] = (entry.size, entry.mtime_ns)
         exclude = [p for p in (cfg.output, cfg.state, cfg.quarantine) if p is not None]
         self.watcher = Watcher(cfg.watch, settle=cfg.settle, exclude=exclude)
         if not cfg.watch.is_dir():
@@ -256,8 +267,8 @@ class Service:
         assert self.journal is not None
         for entry in self.journal.entries("pending"):
             if entry.crashes >= self.config.max_crashes:
-                self._quarantine(entry.path, f"{entry.path}: gave up after {entry.crashes} "
-                                 f"failed attempts; last: {entry.reason}",
+                self._quarantine(entry.key, entry.path, f"{entry.path}: gave up after "
+                                 f"{entry.crashes} failed attempts; last: {entry.reason}",
                                  entry.size, entry.mtime_ns)
 
     def _shutdown(self) -> None:
@@ -285,7 +296,8 @@ class Service:
             self._tick()
             entry = None if time.monotonic() < self._backoff_until else self.journal.next_pending()
             if entry is not None:
-                self._process(entry.path, entry.size, entry.mtime_ns)
+                self._process(entry)
+                self._scanned_once = False  # --once: look again before deciding we are idle
                 continue
             if (self.config.once and self._waiting == 0 and self._scanned_once
                     and time.monotonic() >= self._backoff_until):
@@ -323,71 +335,118 @@ class Service:
         assert self.journal is not None
         result = self.watcher.poll(self._known)
         for cand in result.ready:
-            self.journal.add_pending(cand.rel, cand.size, cand.mtime_ns, cand.reads)
-            self._known[cand.rel] = SETTLED
-            log.info("%s: complete (%d reads), queued", cand.rel, cand.reads)
+            self._queue(cand)
         for bad in result.corrupt:
-            self._quarantine(bad.rel, bad.reason, bad.size, bad.mtime_ns)
+            ident = _identify(bad.path)
+            if ident is not None:
+                self._quarantine(ident.key, bad.rel, bad.reason, bad.size, bad.mtime_ns)
         self._waiting = result.waiting
         self._publish(counts=self.journal.counts(), waiting=result.waiting)
 
+    def _queue(self, cand: Candidate) -> None:
+        """Journal a complete file by its content: new, moved while queued, or already seen."""
+        assert self.journal is not None
+        ident = _identify(cand.path)
+        if ident is None or (ident.size, ident.mtime_ns) != (cand.size, cand.mtime_ns):
+            return  # vanished or changed since it settled: the watcher looks again
+        self._known[cand.rel] = (ident.size, ident.mtime_ns)
+        old = self.journal.get(ident.key)
+        if old is None:
+            self.journal.add_pending(ident.key, cand.rel, ident.size, ident.mtime_ns, cand.reads)
+            count = "" if cand.reads is None else f" ({cand.reads} reads)"
+            log.info("%s: complete%s, queued", cand.rel, count)
+        elif old.path == cand.rel:
+            return
+        elif old.state in ("pending", "running"):
+            self.journal.move(ident.key, cand.rel, ident.size, ident.mtime_ns)
+            log.info("%s: moved here from %s while queued", cand.rel, old.path)
+        else:
+            log.info("%s: same content as %s (%s); not basecalled again", cand.rel, old.path,
+                     old.state)
+
     # -- one file ----------------------------------------------------------------
 
-    def _process(self, rel: str, size: int, mtime_ns: int) -> None:
-        """Basecall one input into its mirrored output, then mark it done."""
+    def _process(self, entry: FileEntry) -> None:
+        """Basecall one input (from a private copy) into its own output, then mark it done."""
         assert self.journal is not None
-        cfg = self.config
+        cfg, rel, key = self.config, entry.path, entry.key
         src = cfg.watch / rel
-        out = files.output_path(cfg.output, rel, cfg.fmt)
-        if not src.is_file():
-            self._quarantine(rel, f"{src}: input vanished before it was basecalled", size, mtime_ns)
+        ident = _identify(src)
+        if ident is None or ident.key != key:
+            gone = "vanished" if ident is None else "changed"
+            self._changed(entry, f"{src}: {gone} since it was queued")
             return
-        self.journal.start(rel)
+        out_rel = entry.output or self._allocate(entry)
+        out = cfg.output / out_rel
+        self.journal.start(key, out_rel)
         self._publish(state="calling", current=rel, counts=self.journal.counts())
         counters = _FileCounters()
         t0 = time.monotonic()
         log.info("%s: basecalling -> %s", rel, out)
+        snap = self._snapshots / f"{key}.pod5"
         try:
+            files.snapshot(src, snap, ident)
             if self._caller is None:
-                self._load(self._probe_read(src))
+                self._load(self._probe_read(snap, src))
             out.parent.mkdir(parents=True, exist_ok=True)
             with self._writer(out, cfg.fmt, self._model_name, cfg.command_line) as writer:
-                self._call_into(src, writer, counters, rel)
+                self._call_into(snap, src, writer, counters)
             files.fsync_file(out, cfg.output)
+        except files.Changed as exc:
+            self._changed(entry, str(exc))
         except _Abandon as exc:
-            self.journal.abandon(rel, str(exc))
+            self.journal.abandon(key, str(exc))
             log.warning("%s: abandoned (%s); it stays queued", rel, exc)
         except _CorruptInput as exc:
-            self._quarantine(rel, str(exc), size, mtime_ns)
+            self._quarantine(key, rel, str(exc), entry.size, entry.mtime_ns)
         except OSError as exc:
-            self._output_failed(rel, out, exc)
+            self._output_failed(entry, out, exc)
         except EdgecallError as exc:
-            self._quarantine(rel, str(exc), size, mtime_ns)
+            self._quarantine(key, rel, _naming(_named(str(exc), snap, src), src),
+                             entry.size, entry.mtime_ns)
         except Exception as exc:
             # not known to be the input's fault (an engine bug, a broken install): fail
             # loudly so the service manager restarts us; the file is retried and only
             # quarantined after --max-crashes failures, never every input in turn
             log.exception("%s: unexpected error while basecalling", rel)
             reason = f"{src}: basecalling failed: {type(exc).__name__}: {_first_line(exc)}"
-            self.journal.fail(rel, reason)
+            self.journal.fail(key, reason)
             self.exit_reason = "unexpected error"
             raise EdgecallError(f"{reason} (exiting; the file will be retried, and quarantined "
                                 f"after {self.config.max_crashes} failures)") from exc
         else:
-            self._finish(rel, out, counters, time.monotonic() - t0)
+            self._finish(entry, out_rel, counters, time.monotonic() - t0)
+        finally:
+            snap.unlink(missing_ok=True)
         self._publish(current=None, counts=self.journal.counts())
 
-    def _call_into(self, src: Path, writer: Any, counters: _FileCounters, rel: str) -> None:
-        """Stream ``src`` through the basecaller into ``writer``; honour the stop flag."""
+    def _allocate(self, entry: FileEntry) -> str:
+        """The output name (relative to ``--output``) this input will own."""
+        assert self.journal is not None
+        if entry.key.startswith("path:"):  # a row from a version-1 journal: mirrored name
+            return files.output_path(Path(), entry.path, self.config.fmt).as_posix()
+        return files.allocate_output(self.config.output, entry.path, self.config.fmt,
+                                     self.journal.output_taken)
+
+    def _changed(self, entry: FileEntry, reason: str) -> None:
+        """The input changed or vanished before it was done: forget it, watch it afresh."""
+        assert self.journal is not None
+        self.journal.forget(entry.key)
+        self._known.pop(entry.path, None)
+        log.warning("%s; it will be considered again once it is stable", reason)
+
+    def _call_into(self, snap: Path, src: Path, writer: Any, counters: _FileCounters) -> None:
+        """Stream the copy ``snap`` of ``src`` through the basecaller into ``writer``."""
         assert self._caller is not None
-        stream = self._caller.call(self._reads(src))
+        stream = self._caller.call(_relabel(self._reads(snap), snap, src))
         with contextlib.closing(stream):  # type: ignore[type-var]
             for item in stream:
                 if isinstance(item, Failed):
+                    reason = _named(item.reason, snap, src)
                     if not item.read_id:
-                        raise _CorruptInput(item.reason)
+                        raise _CorruptInput(_naming(reason, src))
                     counters.failed += 1
-                    log.warning("%s: read %s failed: %s", rel, item.read_id, item.reason)
+                    log.warning("read %s failed: %s", item.read_id, reason)
                 else:
                     writer.write(item)
                     self._count(counters, item)
@@ -409,26 +468,25 @@ class Service:
             s["samples"] += int(item.num_samples)
             self._history.append((time.monotonic(), s["samples"], s["bases"]))
 
-    def _probe_read(self, src: Path) -> Read | None:
-        """First read of ``src``, to pick a bundled model by chemistry."""
-        for item in self._reads(src):
+    def _probe_read(self, snap: Path, src: Path) -> Read | None:
+        """First read of the copy ``snap`` of ``src``, to pick a bundled model by chemistry."""
+        for item in _relabel(self._reads(snap), snap, src):
             if isinstance(item, Read):
                 return item
             if not item.read_id:
-                raise _CorruptInput(item.reason)
+                raise _CorruptInput(_naming(_named(item.reason, snap, src), src))
         return None
 
-    def _finish(self, rel: str, out: Path, c: _FileCounters, seconds: float) -> None:
+    def _finish(self, entry: FileEntry, out_rel: str, c: _FileCounters, seconds: float) -> None:
         """Journal the file as done and report it."""
         assert self.journal is not None
-        entry = self.journal.get(rel)
-        self.journal.finish(rel, output=str(out.relative_to(self.config.output)), reads=c.reads,
-                            failed_reads=c.failed, bases=c.bases, samples=c.samples,
-                            seconds=seconds)
+        rel = entry.path
+        self.journal.finish(entry.key, output=out_rel, reads=c.reads, failed_reads=c.failed,
+                            bases=c.bases, samples=c.samples, seconds=seconds)
         with self._lock:
             self._session["files"] += 1
             self._session["failed_reads"] += c.failed
-        expected = entry.expected_reads if entry else None
+        expected = entry.expected_reads
         if expected is not None and expected != c.reads + c.failed:
             log.warning("%s: %d reads in the file but %d called + %d failed", rel, expected,
                         c.reads, c.failed)
@@ -437,22 +495,27 @@ class Service:
         self._telemetry("file", file=rel, reads=c.reads, failed_reads=c.failed, bases=c.bases,
                         samples=c.samples, seconds=round(seconds, 3))
 
-    def _output_failed(self, rel: str, out: Path, exc: OSError) -> None:
+    def _output_failed(self, entry: FileEntry, out: Path, exc: OSError) -> None:
         """An I/O error: output-side ones back off and retry; others quarantine the input."""
         assert self.journal is not None
+        rel = entry.path
         if exc.errno in _OUTPUT_ERRNOS:
-            self.journal.abandon(rel, f"{out}: {exc.strerror or exc}")
+            where = exc.filename or out
+            self.journal.abandon(entry.key, f"{where}: {exc.strerror or exc}")
             wait = self._backoff_seconds
             self._backoff_until = time.monotonic() + wait
-            log.error("%s: cannot write %s: %s; retrying in %g s", rel, out,
+            log.error("%s: cannot write %s: %s; retrying in %g s", rel, where,
                       exc.strerror or exc, wait)
         else:
-            self._quarantine(rel, f"{self.config.watch / rel}: I/O error: {exc.strerror or exc}")
+            self._quarantine(entry.key, rel, f"{self.config.watch / rel}: I/O error: "
+                             f"{exc.strerror or exc}", entry.size, entry.mtime_ns)
 
-    def _quarantine(self, rel: str, reason: str, size: int = 0, mtime_ns: int = 0) -> None:
-        """Record ``rel`` as corrupt (and link/move it to the quarantine folder)."""
+    def _quarantine(self, key: str, rel: str, reason: str, size: int = 0,
+                    mtime_ns: int = 0) -> None:
+        """Record content ``key`` at ``rel`` as corrupt (and link/move it to the quarantine)."""
         assert self.journal is not None
-        self.journal.quarantine(rel, reason, size, mtime_ns)
+        reason = safe_text(reason)
+        self.journal.quarantine(key, rel, reason, size, mtime_ns)
         self._known[rel] = (size, mtime_ns)
         log.error("quarantined %s: %s", rel, reason)
         if self.config.quarantine is not None:
@@ -544,6 +607,36 @@ class Service:
             _append_jsonl(path, record)
         except OSError as exc:
             log.warning("%s: cannot append telemetry: %s", path, exc.strerror or exc)
+
+
+def _identify(path: Path) -> files.Identity | None:
+    """The content identity of ``path``, or None if it cannot be read now."""
+    try:
+        return files.identify(path)
+    except OSError as exc:
+        log.debug("%s: cannot identify: %s", path, exc)
+        return None
+
+
+def _relabel(reads: Iterable[Read | Failed], snap: Path, src: Path
+             ) -> Iterator[Read | Failed]:
+    """Reads of the private copy ``snap``, labelled with the input ``src`` they came from."""
+    name = str(src)
+    for item in reads:
+        if isinstance(item, Read):
+            yield dataclasses.replace(item, path=name)
+        else:
+            yield Failed(name, item.read_id, _named(item.reason, snap, src))
+
+
+def _named(reason: str, snap: Path, src: Path) -> str:
+    """A reason about the private copy ``snap``, told about the input ``src``."""
+    return reason.replace(str(snap), str(src))
+
+
+def _naming(reason: str, src: Path) -> str:
+    """``reason``, prefixed with ``src`` unless it already names it."""
+    return reason if str(src) in reason else f"{src}: {reason}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,8 +7,10 @@ works the same on SD cards, USB disks and network mounts, where inotify may not.
 A file is *ready* when
 
 1. its size and mtime have not changed for ``settle`` seconds, and
-2. it opens as a pod5 and its footer and every read's metadata are readable
-   (:func:`edgecall.io.reader.check_pod5`).
+2. it starts and ends with the pod5 signature, i.e. its footer has been written
+   (:func:`edgecall.io.reader.sniff_pod5`: plain reads, never a memory map, so a
+   file truncated meanwhile cannot crash the daemon with SIGBUS; the reads
+   themselves are checked when the file is basecalled, from a private copy).
 
 A file that is stable but unreadable is retried on every poll; if it is still
 unreadable ``settle`` seconds later (with its size unchanged all along) it is
@@ -43,7 +45,7 @@ class Candidate:
     path: Path
     size: int
     mtime_ns: int
-    reads: int
+    reads: int | None  # None when the check does not count them
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +78,10 @@ class _Seen:
     reason: str = ""
 
 
-def _default_check(path: Path) -> int:
-    """Completeness check: the pod5 reader's (imported lazily)."""
-    from edgecall.io.reader import check_pod5
-    return check_pod5(path)
+def _default_check(path: Path) -> None:
+    """Completeness check: the pod5 signatures at both ends (no memory map)."""
+    from edgecall.io.reader import sniff_pod5
+    sniff_pod5(path)
 
 
 class Watcher:
@@ -95,14 +97,14 @@ class Watcher:
     exclude : sequence of Path
         Folders never descended into (the daemon's output, state, quarantine).
     check : callable, optional
-        ``check(path) -> read count``; raises :class:`InputError` when the file
-        is incomplete or corrupt. Defaults to ``check_pod5``.
+        ``check(path) -> read count or None``; raises :class:`InputError` when the
+        file is incomplete or corrupt. Defaults to ``sniff_pod5``.
     clock : callable, optional
         Monotonic clock (tests).
     """
 
     def __init__(self, root: Path, *, settle: float, exclude: Sequence[Path] = (),
-                 check: Callable[[Path], int] | None = None,
+                 check: Callable[[Path], int | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.settle = float(settle)
@@ -183,7 +185,8 @@ class Watcher:
         """Open a settled file: ready, corrupt, or None (retry later)."""
         size, mtime_ns = seen.sig
         try:
-            reads = int(self._check(path))
+            count = self._check(path)
+            reads = None if count is None else int(count)
         except InputError as exc:
             reason = str(exc)
         except OSError as exc:

@@ -75,6 +75,15 @@ def _sniff(path: Path) -> None:
         raise InputError(f"{path}: truncated or incomplete pod5 file (no footer signature)")
 
 
+def sniff_pod5(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` unless ``path`` has the pod5 signature at both ends.
+
+    Uses plain reads only (no memory map), so it is safe on a file another
+    process is writing or truncating.
+    """
+    _sniff(Path(path))
+
+
 def _run_meta(run_info: object) -> RunMeta:
     """Pull the run-level fields edgecall uses out of a pod5 RunInfo."""
     g = lambda name: str(getattr(run_info, name, "") or "")  # noqa: E731

@@ -1,0 +1,194 @@
+"""The daemon under hostile file-system conditions (issue 21): odd names, files renamed,
+replaced, truncated or rewritten while or after they are basecalled, case collisions.
+
+In-process :class:`Service` runs with a stand-in basecaller that calls every read
+"ACGT" (``EchoCaller``), so each test checks exactly which reads reached which output.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import daemonkit as dk
+import pytest
+from test_daemon_service import EchoCaller, _config, _service
+
+from edgecall.daemon import files
+from edgecall.daemon.journal import Journal, journal_path
+from edgecall.io.reader import iter_reads
+from edgecall.types import Failed, Read
+
+
+def _outputs(out: Path) -> dict[str, int]:
+    """Final FASTQ outputs under ``out`` (relative name -> records)."""
+    return {p.relative_to(out).as_posix(): sum(1 for _ in p.open()) // 4
+            for p in sorted(out.rglob("*.fastq")) if not p.name.startswith(".")}
+
+
+def test_non_utf8_file_name_is_called_and_journalled(tmp_path: Path) -> None:
+    """Defect 1: a name that is not UTF-8 made every start exit 1 (UnicodeEncodeError)."""
+    cfg = _config(tmp_path)
+    name = os.fsdecode(b"run\xff.pod5")
+    ids = dk.make_inputs(cfg.watch, {"tmp.pod5": 3, "ok.pod5": 2})
+    os.rename(cfg.watch / "tmp.pod5", cfg.watch / name)  # pod5 itself cannot open it
+    ids[name] = ids.pop("tmp.pod5")
+    _service(cfg, EchoCaller()).run()
+    assert os.path.exists(os.fsencode(cfg.output) + b"/run\xff.fastq")
+    assert set(dk.fastq_ids(cfg.output)) == ids[name] | ids["ok.pod5"]
+    con = sqlite3.connect(journal_path(cfg.state))
+    stored = {r[0]: r[1] for r in con.execute("SELECT path, state FROM files")}
+    con.close()
+    assert stored == {b"run\xff.pod5": "done", "ok.pod5": "done"}  # raw bytes kept
+    _service(cfg, EchoCaller()).run()  # a restart neither fails nor redoes it
+    with Journal(journal_path(cfg.state)) as j:
+        assert [(e.path, e.state, e.attempts) for e in j.entries()
+                if e.path == name] == [(name, "done", 1)]
+
+
+def test_non_utf8_corrupt_file_is_quarantined_with_printable_reason(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, quarantine=tmp_path / "q")
+    cfg.watch.mkdir(parents=True)
+    bad = os.fsencode(cfg.watch) + b"/bad\xfe.pod5"
+    with open(bad, "wb") as fh:
+        fh.write(b"junk, not a pod5 file")
+    _service(cfg, EchoCaller()).run()
+    with Journal(journal_path(cfg.state)) as j:
+        (entry,) = list(j.entries())
+    assert entry.state == "quarantined" and entry.path == os.fsdecode(b"bad\xfe.pod5")
+    assert "bad\\xfe.pod5: not a pod5 file (bad signature)" in entry.reason
+    assert os.path.exists(os.fsencode(tmp_path) + b"/q/bad\xfe.pod5.reason.txt")
+
+
+def test_done_file_renamed_or_moved_is_not_called_again(tmp_path: Path) -> None:
+    """Defect 6: the journal was keyed by path, so a renamed done file was called twice."""
+    cfg = _config(tmp_path)
+    ids = dk.make_inputs(cfg.watch, {"run/a.pod5": 3})
+    _service(cfg, EchoCaller()).run()
+    (cfg.watch / "archive").mkdir()
+    os.rename(cfg.watch / "run/a.pod5", cfg.watch / "archive/a_renamed.pod5")
+    _service(cfg, EchoCaller()).run()
+    assert _outputs(cfg.output) == {"run/a.fastq": 3}
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(ids["run/a.pod5"], 1)
+    assert dk.states(cfg.state) == {"done": 1}
+
+
+def test_file_replaced_in_place_is_called_into_its_own_output(tmp_path: Path) -> None:
+    """New content at a done file's path is basecalled; the first output is kept."""
+    cfg = _config(tmp_path)
+    first = dk.make_inputs(cfg.watch, {"a.pod5": 3}, seed=1)["a.pod5"]
+    _service(cfg, EchoCaller()).run()
+    src, second = dk.staged_pod5(tmp_path / "stage", 4, seed=9)
+    os.replace(src, cfg.watch / "a.pod5")
+    _service(cfg, EchoCaller()).run()
+    assert _outputs(cfg.output) == {"a.fastq": 3, "a_2.fastq": 4}
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(first | second, 1)
+
+
+def test_case_insensitive_name_collision_keeps_both_files(tmp_path: Path) -> None:
+    """``x.pod5`` and ``x.POD5`` wrote the same output: one file's reads were lost."""
+    cfg = _config(tmp_path)
+    ids = dk.make_inputs(cfg.watch, {"x.pod5": 2, "x.POD5": 3})
+    _service(cfg, EchoCaller()).run()
+    outs = _outputs(cfg.output)
+    assert sorted(outs.values()) == [2, 3] and len({o.casefold() for o in outs}) == 2
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(ids["x.pod5"] | ids["x.POD5"], 1)
+    assert dk.states(cfg.state) == {"done": 2}
+
+
+def test_input_truncated_while_called_is_read_from_a_private_copy(tmp_path: Path) -> None:
+    """Truncating the input under pod5's memory map killed the daemon with SIGBUS."""
+    cfg = _config(tmp_path)
+    ids = dk.make_inputs(cfg.watch, {"a.pod5": 6}, min_len=300, max_len=400)
+    src = cfg.watch / "a.pod5"
+
+    def reads(path: Path) -> Iterator[Read | Failed]:
+        for i, item in enumerate(iter_reads([path])):
+            if i == 1:  # MinKNOW (or a user) truncates the file half-way through the call
+                os.truncate(src, 100)
+            yield item
+
+    _service(cfg, EchoCaller(), reads=reads).run()
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(ids["a.pod5"], 1)
+    # the call finished from the copy; the truncated file is new content at that path
+    with Journal(journal_path(cfg.state)) as j:
+        rows = [(e.state, e.reason) for e in j.entries()]
+    assert rows[0] == ("done", None) and rows[1][0] == "quarantined", rows
+    assert "a.pod5: truncated or incomplete" in str(rows[1][1])
+    assert not list((cfg.state / "snapshots").iterdir())
+
+
+def test_input_replaced_by_rename_during_its_call_is_called_too(tmp_path: Path) -> None:
+    """An input replaced by rename while it was called was never basecalled."""
+    cfg = _config(tmp_path)
+    first = dk.make_inputs(cfg.watch, {"a.pod5": 3}, seed=1)["a.pod5"]
+    staged, second = dk.staged_pod5(tmp_path / "stage", 2, seed=7)
+    swapped: list[bool] = []
+
+    def reads(path: Path) -> Iterator[Read | Failed]:
+        if not swapped:
+            swapped.append(True)
+            os.replace(staged, cfg.watch / "a.pod5")
+        yield from iter_reads([path])
+
+    _service(cfg, EchoCaller(), reads=reads).run()
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(first | second, 1)
+    assert _outputs(cfg.output) == {"a.fastq": 3, "a_2.fastq": 2}
+
+
+def test_snapshot_refuses_a_file_that_changed(tmp_path: Path) -> None:
+    src = tmp_path / "a.pod5"
+    src.write_bytes(b"x" * 1000)
+    ident = files.identify(src)
+    with open(src, "r+b") as fh:  # rewritten in place: same size, new content and mtime
+        fh.write(b"y")
+    os.utime(src, ns=(ident.mtime_ns + 10**9, ident.mtime_ns + 10**9))
+    with pytest.raises(files.Changed, match="a.pod5: changed"):
+        files.snapshot(src, tmp_path / "copy.pod5", ident)
+    assert not (tmp_path / "copy.pod5").exists()
+    files.snapshot(src, tmp_path / "copy.pod5", files.identify(src))
+    assert (tmp_path / "copy.pod5").read_bytes() == src.read_bytes()
+
+
+def test_very_long_name_gets_a_shortened_output(tmp_path: Path) -> None:
+    """A 250-byte input name made the temp output name too long and blamed the input."""
+    cfg = _config(tmp_path)
+    rel = "r" * 245 + ".pod5"
+    ids = dk.make_inputs(cfg.watch, {rel: 2})
+    _service(cfg, EchoCaller()).run()
+    (out,) = _outputs(cfg.output)
+    assert len(out.encode()) + 32 <= 255 and out.endswith(".fastq")
+    assert set(dk.fastq_ids(cfg.output)) == ids[rel]
+
+
+def test_version1_journal_is_migrated_without_redoing_done_files(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    ids = dk.make_inputs(cfg.watch, {"a.pod5": 2, "b.pod5": 2})
+    st = (cfg.watch / "a.pod5").stat()
+    cfg.state.mkdir()
+    con = sqlite3.connect(journal_path(cfg.state))
+    con.executescript(_V1_SCHEMA)
+    con.execute("INSERT INTO files (path, state, size, mtime_ns, output, reads, first_seen) "
+                "VALUES ('a.pod5', 'done', ?, ?, 'a.fastq', 2, 1.0)", (st.st_size, st.st_mtime_ns))
+    con.commit()
+    con.close()
+    (cfg.output).mkdir()
+    (cfg.output / "a.fastq").write_text("")  # what the old daemon wrote
+    _service(cfg, EchoCaller()).run()
+    rows = dk.journal(cfg.state)
+    assert rows["a.pod5"]["key"] == "path:a.pod5" and rows["a.pod5"]["attempts"] == 0
+    assert rows["b.pod5"]["state"] == "done"
+    assert set(dk.fastq_ids(cfg.output)) == ids["b.pod5"]
+
+
+_V1_SCHEMA = """
+CREATE TABLE files (path TEXT PRIMARY KEY, state TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0, expected_reads INTEGER,
+    reads INTEGER NOT NULL DEFAULT 0, failed_reads INTEGER NOT NULL DEFAULT 0,
+    bases INTEGER NOT NULL DEFAULT 0, samples INTEGER NOT NULL DEFAULT 0, output TEXT,
+    reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, crashes INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL, started REAL, finished REAL, seconds REAL);
+CREATE INDEX files_state ON files (state, first_seen);
+"""
