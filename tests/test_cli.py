@@ -122,3 +122,73 @@ def test_real_reads_with_level_model_plumbing(shared_data: Path, tiny_model: Pat
     with pysam.AlignmentFile(str(out), check_sq=False) as f:
         got = [(a.query_name, a.get_tag("ns")) for a in f.fetch(until_eof=True)]
     assert [g[0] for g in got] == want and all(ns > 1000 for _, ns in got)
+
+
+def test_options_are_checked_under_the_subcommands_usage(tmp_path: Path) -> None:
+    for bad, why in ((["--threads", "-1"], "argument --threads: must be an integer >= 1"),
+                     (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+                     (["--min-qscore", "x"], "argument --min-qscore: must be a number >= 0"),
+                     (["--bogus"], "unrecognized arguments: --bogus")):
+        r = edgecall("basecall", "x.pod5", *bad)
+        assert r.returncode == 2 and r.stderr.startswith("usage: edgecall basecall ")
+        assert r.stderr.strip().splitlines()[-1].startswith(f"edgecall basecall: error: {why}")
+    r = edgecall("basecall", "--help")
+    assert "chunks per engine call (default: 32)" in " ".join(r.stdout.split())
+    assert "-n MAX_READS, --max-reads" in r.stdout and "-l READ_IDS, --read-ids" in r.stdout
+
+
+def test_stdout_dash_formats_and_no_silent_overwrite(
+        tiny_model: Path, tmp_path: Path, coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    path, seqs = coded_pod5
+    (tmp_path / "ids.txt").write_text("\n".join(list(seqs)[:3]) + "\n")
+    r = subprocess.run([sys.executable, "-m", "edgecall", "basecall", str(path), "--model",
+                        str(tiny_model), "-o", "-", "--format", "bam", "-n", "2", "-l",
+                        str(tmp_path / "ids.txt"), "--emit-moves"],
+                       capture_output=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(modelkit.__file__).parents[1])})
+    assert r.returncode == 0 and not (tmp_path / "-").exists()
+    (tmp_path / "out.bam").write_bytes(r.stdout)
+    with pysam.AlignmentFile(str(tmp_path / "out.bam"), check_sq=False) as f:
+        recs = list(f.fetch(until_eof=True))
+    assert [a.query_name for a in recs] == list(seqs)[:2] and recs[0].has_tag("mv")
+    out = tmp_path / "calls.fastq"
+    assert edgecall("basecall", str(path), "--model", str(tiny_model), "-o", str(out),
+                    "--emit-fastq").returncode == 0
+    first = out.read_text()
+    assert "\tmv:B:c," not in first and "\tst:Z:2026-01-01T" in first
+    r = edgecall("basecall", str(path), "--model", str(tiny_model), "-o", str(out))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"edgecall: error: {out}: output exists; use --force to overwrite it")
+    assert out.read_text() == first
+    r = edgecall("basecall", str(path), "--model", str(tiny_model), "-o", str(out), "--force",
+                 "-n", "1")
+    assert r.returncode == 0 and len(list(pysam.FastxFile(str(out)))) == 1
+    r = edgecall("basecall", str(path), "--model", str(tiny_model), "-o",
+                 str(tmp_path / "x.bam"), "--emit-fastq")
+    assert r.returncode == 1 and "a .bam name for FASTQ output" in r.stderr
+
+
+def test_min_qscore_splits_pass_and_fail(tiny_model: Path, tmp_path: Path,
+                                         coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    path, seqs = coded_pod5
+    allq = tmp_path / "all.sam"
+    assert edgecall("basecall", str(path), "--model", str(tiny_model), "-o",
+                    str(allq)).returncode == 0
+    with pysam.AlignmentFile(str(allq), check_sq=False) as f:
+        qs = {a.query_name: a.get_tag("qs") for a in f.fetch(until_eof=True)}
+    ranked = sorted(qs.values())
+    cut = round((ranked[len(qs) // 2 - 1] + ranked[len(qs) // 2]) / 2, 3)  # between two reads
+    out = tmp_path / "calls.bam"
+    r = edgecall("basecall", str(path), "--model", str(tiny_model), "-o", str(out),
+                 "--min-qscore", str(cut))
+    assert r.returncode == 0, r.stderr
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        passed = {a.query_name for a in f.fetch(until_eof=True)}
+    with pysam.AlignmentFile(str(tmp_path / "calls_fail.bam"), check_sq=False) as f:
+        failed = {a.query_name for a in f.fetch(until_eof=True)}
+    assert passed == {k for k, q in qs.items() if q >= cut} and passed
+    assert failed == {k for k, q in qs.items() if q < cut} and failed
+    assert f"{len(failed)} reads below --min-qscore" in r.stderr
+    r = edgecall("basecall", str(path), "--model", str(tiny_model), "--min-qscore", str(cut))
+    assert r.returncode == 0 and r.stdout.count("\n") == 4 * len(passed)
+    assert f"{len(failed)} reads below --min-qscore {cut:g} dropped" in r.stderr

@@ -14,6 +14,7 @@ import os
 import sys
 
 from edgecall import __version__
+from edgecall.cli.options import subparser_of, use_defaults_formatter
 
 SUBCOMMANDS = ("basecall", "serve", "profile", "models")
 
@@ -34,13 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    use_defaults_formatter(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgecall`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # report under the subcommand's own usage, not the top level's
+        (subparser_of(parser, args.command) or parser).error(
+            f"unrecognized arguments: {' '.join(extra)}")
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="edgecall: %(levelname)s: %(message)s",
                         stream=sys.stderr)

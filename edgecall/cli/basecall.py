@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from edgecall.cli.options import float_at_least, int_at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``basecall`` subcommand."""
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Basecall pod5 files. Output format follows the -o "
                        "extension (.fastq, .fastq.gz, .sam, .bam); default FASTQ on stdout.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="pod5 files or folders of them")
-    p.add_argument("-o", "--output", help="output file (default: FASTQ on stdout)")
+    p.add_argument("-o", "--output", help="output file, or - for stdout (default: FASTQ on "
+                   "stdout)")
     p.add_argument("--model", help="bundled model name or model folder "
                    "(default: picked by the reads' chemistry)")
     p.add_argument("--engine", default="auto", help="onnx, native, tflite or auto "
@@ -22,19 +25,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", default="main",
                    help="model file: main (the card's own), or fp32, int8, ... "
                         "(edgecall models lists them)")
-    p.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
-    p.add_argument("--batch-size", type=int, default=32, help="chunks per engine call")
-    p.add_argument("--chunk-size", type=int, help="samples per chunk (default: model card)")
-    p.add_argument("--overlap", type=int, help="samples of overlap (default: model card)")
-    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
-    p.add_argument("--beam-width", type=int, default=5)
-    p.add_argument("--min-samples", type=int, default=1000,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
+                   help="engine threads (default: all cores)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32,
+                   help="chunks per engine call")
+    p.add_argument("--chunk-size", type=int_at_least(1),
+                   help="samples per chunk (default: model card)")
+    p.add_argument("--overlap", type=int_at_least(0),
+                   help="samples of overlap (default: model card)")
+    p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
+                   help="CTC decoder")
+    p.add_argument("--beam-width", type=int_at_least(1), default=5,
+                   help="beams of --decoder beam")
+    p.add_argument("--min-samples", type=int_at_least(0), default=1000,
                    help="reads with fewer samples are reported and skipped")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
-    p.add_argument("--max-reads", type=int, help="stop after this many reads")
-    p.add_argument("--read-ids", help="file with one read id per line: call only those")
+    p.add_argument("-n", "--max-reads", type=int_at_least(0), default=0,
+                   help="stop after this many reads (0 = all)")
+    p.add_argument("-l", "--read-ids", help="file with one read id per line: call only those")
     p.add_argument("--format", choices=("fastq", "sam", "bam"),
                    help="output format (overrides the extension)")
+    p.add_argument("--emit-fastq", action="store_true", help="write FASTQ (tags in the header)")
+    p.add_argument("--emit-sam", action="store_true", help="write SAM")
+    p.add_argument("--emit-moves", action="store_true",
+                   help="write the move table (mv:B:c) to SAM/BAM and FASTQ headers")
+    p.add_argument("--min-qscore", type=float_at_least(0), default=0.0,
+                   help="reads with a lower mean qscore go to the _fail companion file "
+                        "(calls.bam -> calls_fail.bam); on stdout they are dropped and counted")
+    p.add_argument("--fail-output", help="where reads below --min-qscore go "
+                   "(default: the _fail companion of -o)")
+    p.add_argument("--resume-from", metavar="CALLS",
+                   help="an earlier, interrupted run's SAM/BAM: its reads are copied, not called "
+                        "again (may be the -o file itself)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--skip-bad", action="store_true",
                    help="exit 0 even if some files or reads could not be called")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,6 +80,44 @@ def _read_ids(path: str | None) -> set[str] | None:
     return ids
 
 
+def _output_format(args: argparse.Namespace, output: str | None) -> str | None:
+    """--format / --emit-fastq / --emit-sam; a clash with the -o extension is an error."""
+    from edgecall.errors import InputError
+    from edgecall.io.writer import format_for
+
+    chosen = [f for f, on in (("fastq", args.emit_fastq), ("sam", args.emit_sam)) if on]
+    if args.format:
+        chosen.append(args.format)
+    if len(set(chosen)) > 1:
+        raise InputError(f"conflicting output formats: {', '.join(sorted(set(chosen)))}")
+    if not chosen:
+        return None
+    if output is not None:
+        try:
+            by_ext = format_for(Path(output))[0]
+        except InputError:
+            return chosen[0]
+        if by_ext != chosen[0]:
+            raise InputError(f"{output}: a .{by_ext} name for {chosen[0].upper()} output "
+                             f"(name it .{chosen[0]} or leave out the format option)")
+    return chosen[0]
+
+
+def _report_outputs(args: argparse.Namespace, output: str | None, summary: object) -> None:
+    """One stderr line each for resumed reads and reads below --min-qscore."""
+    from edgecall.io.writer import fail_path
+
+    resumed = getattr(summary, "resumed", 0)
+    below = getattr(summary, "below_min_qscore", 0)
+    if args.resume_from:
+        print(f"edgecall: {resumed} reads copied from {args.resume_from}", file=sys.stderr)
+    if args.min_qscore > 0:
+        where = ("dropped (stdout output)" if output is None
+                 else f"written to {args.fail_output or fail_path(Path(output))}")
+        print(f"edgecall: {below} reads below --min-qscore {args.min_qscore:g} {where}",
+              file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; returns the exit status."""
     from edgecall.pipeline import basecall
@@ -71,14 +132,17 @@ def run(args: argparse.Namespace) -> int:
             print("edgecall: (further failures are counted in the summary)", file=sys.stderr)
         shown[0] += 1
 
+    output = None if args.output in (None, "-") else args.output
     summary = basecall(
-        args.paths, args.output, model=args.model, engine=args.engine,
-        threads=args.threads, batch_size=args.batch_size, chunk_size=args.chunk_size,
-        overlap=args.overlap, recursive=args.recursive, max_reads=args.max_reads,
+        args.paths, output, model=args.model, engine=args.engine,
+        threads=args.threads or 0, batch_size=args.batch_size, chunk_size=args.chunk_size,
+        overlap=args.overlap, recursive=args.recursive, max_reads=args.max_reads or None,
         read_ids=_read_ids(args.read_ids), decoder=args.decoder, beam_width=args.beam_width,
-        fmt=args.format, progress=sys.stderr.isatty() and not args.no_progress,
+        fmt=_output_format(args, output), progress=sys.stderr.isatty() and not args.no_progress,
         variant=args.variant, command_line=shlex.join(["edgecall", *sys.argv[1:]]),
-        on_failure=report, min_samples=args.min_samples)
+        on_failure=report, min_samples=args.min_samples, emit_moves=args.emit_moves,
+        min_qscore=args.min_qscore, fail_output=args.fail_output, force=args.force,
+        resume_from=args.resume_from)
     bad_files = len(summary.bad_files)
     bad_reads = len(summary.failed) - bad_files
     print(f"edgecall: {summary.reads} reads, {summary.bases:,} bases, "
@@ -86,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
           f"peak RSS {summary.peak_rss_mb:.0f} MB, model {summary.model} ({summary.engine})"
           + (f"; {bad_files} bad files, {bad_reads} failed reads" if summary.failed else ""),
           file=sys.stderr)
+    _report_outputs(args, output, summary)
     if summary.failed and not args.skip_bad:
         return 2
     return 0
