@@ -1,4 +1,4 @@
-"""CTC decoding: posteriors -> sequence, per-base qualities and move table.
+"""Decoding: CTC posteriors or CRF scores -> sequence, per-base qualities and move table.
 
 The public functions validate their input and dispatch to a backend chosen in
 one place (:mod:`edgecall.kernels_backend`): the compiled Cython kernels when
@@ -10,6 +10,11 @@ Conventions: ``logp`` is ``[F, C]`` float32 log-posteriors, class 0 the CTC
 blank and classes ``1..C-1`` the bases of ``alphabet[1:]``. Per-base quality
 is Phred of the base's best frame posterior, capped at 50; moves have one
 entry per frame, 1 where a new base is emitted.
+
+CRF scores (imported dorado/bonito models, ``decoder = "crf"`` on the card) are
+``[F, 4**state_len * 5]`` unnormalised log-potentials in the blank-expanded
+layout described in :mod:`edgecall.crf_ref`; :func:`decode_crf` decodes them by
+Viterbi or beam search and takes qualities from forward-backward posteriors.
 """
 
 from __future__ import annotations
@@ -116,3 +121,83 @@ def decode(logp: np.ndarray, alphabet: str = "NACGT", *, method: str = "greedy",
     q = phred(probs)
     qual = (q + 33).astype(np.uint8).tobytes().decode()
     return Decoded(seq, qual, moves, mean_qscore(q))
+
+
+def decode_crf(scores: np.ndarray, state_len: int, *, method: str = "viterbi",
+               beam_width: int = 5, qscore_scale: float = 1.0, qscore_bias: float = 0.0,
+               alphabet: str = "NACGT") -> Decoded:
+    """Decode one read's CRF scores.
+
+    Parameters
+    ----------
+    scores : ndarray
+        Float32 ``[F, 4**state_len * 5]`` scores (see :mod:`edgecall.crf_ref`).
+    state_len : int
+        Bases per CRF state (3 for dorado's R9.4.1 models: 64 states).
+    method : {"viterbi", "beam"}
+        Best single state path, or beam search for the best base sequence
+        (scores summed over the state paths that give it).
+    beam_width : int
+        Hypotheses kept per frame for ``method="beam"``.
+    qscore_scale, qscore_bias : float
+        The model's calibration (dorado config ``[qscore]``): ``q = scale * q + bias``.
+    alphabet : str
+        Class labels; ``alphabet[1:5]`` name the bases A, C, G, T.
+
+    Returns
+    -------
+    Decoded
+        Sequence, Phred+33 qualities, moves (one per frame) and mean qscore.
+        A base's probability is the forward-backward posterior that its frame
+        moves into a state ending in that base (summed over k-mer contexts);
+        its Phred value is calibrated, clipped to 0..50 and rounded.
+    """
+    scores = _check_crf(scores, state_len)
+    from edgecall.kernels_backend import kernels
+
+    k = kernels()
+    if method == "viterbi":
+        labels, moves = k.crf_viterbi(scores, int(state_len))
+    elif method == "beam":
+        if beam_width < 1:
+            raise ValueError(f"beam width must be >= 1, got {beam_width}")
+        labels, moves = k.crf_beam_search(scores, int(state_len), int(beam_width))
+    else:
+        raise ValueError(f"unknown CRF decoder {method!r} (viterbi or beam)")
+    table = np.frombuffer(alphabet.encode(), dtype=np.uint8)
+    seq = table[labels].tobytes().decode() if len(labels) else ""
+    if len(labels):
+        post = k.crf_forward_backward(scores, int(state_len))
+        probs = post[np.flatnonzero(moves), labels]
+    else:
+        probs = np.zeros(0, np.float32)
+    q = calibrated_phred(probs, qscore_scale, qscore_bias)
+    qual = (q + 33).astype(np.uint8).tobytes().decode()
+    return Decoded(seq, qual, moves, mean_qscore(q))
+
+
+def _check_crf(scores: np.ndarray, state_len: int) -> np.ndarray:
+    """Scores as contiguous float32 after checking shape, state_len and finiteness."""
+    if isinstance(state_len, bool) or not isinstance(state_len, (int, np.integer)) \
+            or not 1 <= state_len <= 7:
+        raise ValueError(f"state_len must be an integer 1..7, got {state_len!r}")
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    width = 4 ** int(state_len) * 5
+    if scores.ndim != 2 or scores.shape[1] != width:
+        raise ValueError(f"CRF scores must be [F, {width}] (4**{state_len} states x 5) for "
+                         f"state_len {state_len}, got {scores.shape}")
+    if not np.isfinite(scores).all():
+        raise ValueError("CRF scores contain NaN or infinity")
+    return scores
+
+
+def calibrated_phred(p_correct: np.ndarray, scale: float = 1.0, bias: float = 0.0) -> np.ndarray:
+    """Phred scores (int, 0..QMAX) of ``p_correct``, calibrated as ``scale * q + bias``.
+
+    Like :func:`phred` but without flooring before the calibration (bonito and
+    dorado apply scale and bias to the real-valued Phred score); the result is
+    clipped to 0..QMAX and rounded to the nearest integer.
+    """
+    err = np.clip(1.0 - np.asarray(p_correct, dtype=np.float64), 10 ** (-QMAX / 10), 1.0)
+    q = scale * (-10.0 * np.log10(err)) + bias
+    return np.floor(np.clip(q, 0, QMAX) + 0.5).astype(np.int32)

@@ -19,7 +19,13 @@ only reads cards; ``tools`` writes them. Card layout (TOML)::
     stride = 3
     chunk_size = 3600
     overlap = 600
-    output = "log_softmax"        # or "logits": log_softmax is applied by the decoder
+    output = "log_softmax"        # or "logits": log_softmax is applied by the decoder;
+                                   # "crf_scores" for decoder = "crf"
+    decoder = "ctc"                # "ctc" (default) or "crf" (imported dorado/bonito models)
+    [model.crf]                    # required when decoder = "crf"
+    state_len = 3                  # bases per CRF state: output C = 4**state_len * 5
+    qscore_scale = 1.0             # per-base q = scale * q + bias (dorado config [qscore])
+    qscore_bias = 0.0
     [model.variants]               # optional extra files, e.g. int8 = "model.int8.onnx"
     [normalisation]
     method = "median_mad"          # or "fixed" with shift/scale in pA
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -70,6 +77,20 @@ def models_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class CrfSpec:
+    """The ``[model.crf]`` table: CRF state length and qscore calibration."""
+
+    state_len: int
+    qscore_scale: float = 1.0
+    qscore_bias: float = 0.0
+
+    @property
+    def classes(self) -> int:
+        """Scores per frame: 4**state_len states x (stay + 4 predecessors)."""
+        return 4 ** self.state_len * 5
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A loaded model card; paths are resolved against the model folder."""
 
@@ -88,6 +109,8 @@ class ModelCard:
     output: str
     norm: Normalisation
     default: bool = False
+    decoder: str = "ctc"
+    crf: CrfSpec | None = None
     variants: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -163,11 +186,40 @@ def _card_from_dict(raw: dict[str, Any], folder: Path) -> ModelCard:
                            scale=float(norm.get("scale", 1.0)),
                            clip=float(norm.get("clip", 0.0))),
         default=bool(raw.get("default", False)),
+        decoder=str(model.get("decoder", "ctc")), crf=_crf_spec(model),
         variants={str(k): str(v) for k, v in model.get("variants", {}).items()},
         files={str(k): str(v) for k, v in raw.get("files", {}).items()}, raw=raw)
-    if card.output not in ("log_softmax", "logits"):
-        raise ValueError("model.output")
+    if card.decoder not in ("ctc", "crf"):
+        raise ValueError(f"model.decoder ({card.decoder!r}: must be \"ctc\" or \"crf\")")
+    outputs = ("crf_scores",) if card.decoder == "crf" else ("log_softmax", "logits")
+    if card.output not in outputs:
+        raise ValueError(f"model.output ({card.output!r}: decoder {card.decoder} needs "
+                         f"{' or '.join(outputs)})")
+    if card.decoder == "crf" and card.crf is None:
+        raise ValueError("model.crf (decoder \"crf\" needs a [model.crf] table with state_len)")
+    if card.decoder == "crf" and len(card.alphabet) != 5:
+        raise ValueError(f"model.alphabet ({card.alphabet!r}: a CRF model calls 4 bases, "
+                         "e.g. \"NACGT\")")
     return card
+
+
+def _crf_spec(model: dict[str, Any]) -> CrfSpec | None:
+    """The ``[model.crf]`` table, checked; None when absent."""
+    if "crf" not in model:
+        return None
+    crf = model["crf"]
+    if not isinstance(crf, dict):
+        raise ValueError("model.crf (must be a table)")
+    n = crf.get("state_len")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 7:
+        raise ValueError(f"model.crf.state_len ({n!r}: must be an integer 1..7)")
+    vals = {}
+    for key, default in (("qscore_scale", 1.0), ("qscore_bias", 0.0)):
+        v = crf.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"model.crf.{key} ({v!r}: must be a finite number)")
+        vals[key] = float(v)
+    return CrfSpec(state_len=n, **vals)
 
 
 def sha256_file(path: Path) -> str:

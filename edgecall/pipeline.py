@@ -8,7 +8,7 @@ Read top to bottom, this module is the data path of shared/DESIGN.md:
 2. ``engine`` thread: chunks from consecutive reads are packed into batches
    ``[N, 1, T]`` and run by the engine; per-read outputs are stitched when a
    read's last chunk is done.
-3. caller's thread: CTC decode (:mod:`edgecall.decode`) into
+3. caller's thread: CTC or CRF decode (:mod:`edgecall.decode`) into
    :class:`~edgecall.types.CalledRead`, then the writer.
 
 Stages are joined by bounded queues, so memory stays flat however large the
@@ -235,10 +235,17 @@ class Basecaller:
 
     # -- stage 3: decode ----------------------------------------------------------------
     def _decode(self, job: _Pending, post: np.ndarray) -> CalledRead:
-        """CTC-decode one stitched read into a CalledRead."""
+        """Decode one stitched read (CTC, or CRF when the card says so) into a CalledRead."""
         r = job.read
-        d = dec.decode(post, self.card.alphabet, method=self.decoder,
-                       beam_width=self.beam_width)
+        crf = self.card.crf
+        if self.card.decoder == "crf" and crf is not None:  # greedy|beam -> viterbi|beam
+            d = dec.decode_crf(post, crf.state_len, beam_width=self.beam_width,
+                               method="viterbi" if self.decoder == "greedy" else self.decoder,
+                               qscore_scale=crf.qscore_scale, qscore_bias=crf.qscore_bias,
+                               alphabet=self.card.alphabet)
+        else:
+            d = dec.decode(post, self.card.alphabet, method=self.decoder,
+                           beam_width=self.beam_width)
         stride = self.card.stride * r.sample_rate / self.card.sample_rate
         return CalledRead(read_id=r.read_id, sequence=d.sequence, quality=d.quality,
                           moves=d.moves, stride=int(round(stride)), num_samples=r.num_samples,

@@ -139,6 +139,12 @@ class Lowerer:
         if len(inputs) != 1:
             raise UnsupportedGraph(f"native engine needs one input, graph has {inputs}")
         self.tensors[inputs[0]] = Tensor(0, 1, None, "NCT")
+        missing = [n for n in self.graph.node if n.domain not in ("", "ai.onnx")
+                   or not hasattr(self, f"op_{n.op_type}")]
+        if missing:  # name an operator we never run (e.g. LSTM) before any layout complaint
+            self.node = missing[0]
+            kinds = ", ".join(sorted({n.op_type for n in missing}))
+            raise self.fail(f"unsupported operator (this graph's unsupported ops: {kinds})")
         for node in self._fuse_silu(list(self.graph.node)):
             self.node = node
             handler = getattr(self, f"op_{node.op_type}", None)
