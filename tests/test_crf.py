@@ -231,6 +231,20 @@ def test_decode_crf_clean_sequence(method: str) -> None:
     assert low.mean_qscore < d.mean_qscore
 
 
+def test_crf_base_probs_sum_over_the_window_between_neighbours() -> None:
+    from edgecall.decode import crf_base_probs
+
+    post = np.array([[0.1, 0.9, 0, 0, 0], [0.5, 0, 0.5, 0, 0], [0.6, 0, 0.4, 0, 0],
+                     [0.2, 0, 0.1, 0.7, 0], [1.0, 0, 0, 0, 0]], np.float32)
+    labels, moves = np.array([1, 2, 3]), np.array([1, 1, 0, 1, 0], np.uint8)
+    # A: frames 0..0 -> 0.9; C: frames 1..2 -> 0.9; G: frames 2..4 -> 0.7
+    assert np.allclose(crf_base_probs(post, labels, moves), [0.9, 0.9, 0.7])
+    assert np.allclose(crf_base_probs(np.full((3, 5), 0.6, np.float32), np.array([2]),
+                                      np.array([0, 1, 0], np.uint8)), [1.0])  # capped
+    with pytest.raises(ValueError, match="2 labels but 1 moves"):
+        crf_base_probs(post, np.array([1, 2]), np.array([1, 0, 0, 0, 0], np.uint8))
+
+
 def test_calibrated_phred() -> None:
     p = np.array([0.0, 0.9, 0.99, 1.0])
     assert calibrated_phred(p).tolist() == [0, 10, 20, 50]
@@ -576,12 +590,15 @@ def test_dorado_fast_r941_scores_decode_and_map(shared_data: Path) -> None:
         seq = "".join("NACGT"[i] for i in labels)
         assert seq == _format_viterbi(scores)
         assert moves.shape == (len(scores),) and int(moves.sum()) == len(seq)
-        d = decode_crf(scores, 3, qscore_scale=0.8555, qscore_bias=-0.7554)
-        assert d.sequence == seq and 5 < d.mean_qscore < 50
         hits = list(aligner.map(seq))
         assert hits, "the call does not map to SARS-CoV-2"
         best = max(hits, key=lambda h: h.blen)
-        assert 1 - best.NM / best.blen >= 0.85
+        identity = 1 - best.NM / best.blen
+        assert identity >= 0.85
+        d = decode_crf(scores, 3, qscore_scale=0.8555, qscore_bias=-0.7554)
+        assert d.sequence == seq and len(d.quality) == len(seq)
+        # the mean qscore tells the read's error rate to within a few Phred points
+        assert abs(d.mean_qscore + 10 * math.log10(1 - identity)) < 3.5
         beam = decode_crf(scores, 3, method="beam", beam_width=5)
         hits = list(aligner.map(beam.sequence))
         assert hits and 1 - max(hits, key=lambda h: h.blen).NM / \
