@@ -16,7 +16,7 @@ import sys
 from edgecall import __version__
 from edgecall.cli.options import subparser_of, use_defaults_formatter
 
-SUBCOMMANDS = ("basecall", "serve", "profile", "models")
+SUBCOMMANDS = ("basecall", "serve", "profile", "models", "summary")
 
 
 def build_parser() -> argparse.ArgumentParser:

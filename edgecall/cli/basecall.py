@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an earlier, interrupted run's SAM/BAM: its reads are copied, not called "
                         "again (may be the -o file itself)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--emit-summary", action="store_true",
+                   help="also write sequencing_summary.txt (dorado's columns) beside -o")
     p.add_argument("--skip-bad", action="store_true",
                    help="exit 0 even if some files or reads could not be called")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,6 +120,46 @@ def _report_outputs(args: argparse.Namespace, output: str | None, summary: objec
               file=sys.stderr)
 
 
+def _summary_target(args: argparse.Namespace, output: str | None) -> Path | None:
+    """Where --emit-summary writes (beside -o); checked before any work is done."""
+    from edgecall.errors import InputError
+    from edgecall.io.writer import check_overwrite
+    from edgecall.summary import FILE_NAME
+
+    if not args.emit_summary:
+        return None
+    if output is None:
+        raise InputError("--emit-summary needs an output file (-o calls.bam); "
+                         "for stdout, run edgecall summary on the output afterwards")
+    table = Path(output).parent / FILE_NAME
+    check_overwrite(table, args.force)
+    return table
+
+
+def _emit_summary(args: argparse.Namespace, output: str | None, table: Path) -> None:
+    """Write the sequencing summary of the finished output (and its _fail file)."""
+    import os
+
+    from edgecall import summary
+    from edgecall.io.reader import find_pod5, scan_runs
+    from edgecall.io.writer import fail_path
+    from edgecall.summary import parse_time
+
+    assert output is not None
+    starts = {r.run_id: w for r in scan_runs(find_pod5(args.paths, recursive=args.recursive))
+              if (w := parse_time(r.acquisition_start_time)) is not None}
+    parts = [Path(output)]
+    if args.min_qscore > 0:
+        parts.append(Path(args.fail_output) if args.fail_output else fail_path(Path(output)))
+    tmp = table.with_name(f".{table.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("\t".join(summary.COLUMNS) + "\n")
+        n = sum(summary.write_rows(summary.summary_rows(p, args.min_qscore, starts), fh)
+                for p in parts if p.is_file())
+    os.replace(tmp, table)
+    print(f"edgecall: {n} reads in {table}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; returns the exit status."""
     from edgecall.pipeline import basecall
@@ -133,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         shown[0] += 1
 
     output = None if args.output in (None, "-") else args.output
+    table = _summary_target(args, output)
     summary = basecall(
         args.paths, output, model=args.model, engine=args.engine,
         threads=args.threads or 0, batch_size=args.batch_size, chunk_size=args.chunk_size,
@@ -151,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {bad_files} bad files, {bad_reads} failed reads" if summary.failed else ""),
           file=sys.stderr)
     _report_outputs(args, output, summary)
+    if table is not None and not getattr(summary, "discarded", False):
+        _emit_summary(args, output, table)
     if summary.failed and not args.skip_bad:
         return 2
     return 0
