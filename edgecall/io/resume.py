@@ -12,8 +12,10 @@ newest such temporary file, which is removed once the new output is complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,13 @@ def resolve(path: str | os.PathLike[str]) -> tuple[Path, bool]:
         return p, False
     partial = find_partial(p)
     if partial is not None:
-        log.info("resuming from %s (the interrupted run's temporary file)", partial)
-        return partial, True
+        # moved to a name no clean-up of dead runs' temporaries touches (those end .<pid>.tmp)
+        kept = p.with_name(f".{p.name}.resume.tmp")
+        if partial != kept:
+            os.replace(partial, kept)
+        log.info("resuming from %s (the interrupted run's temporary file, kept as %s)",
+                 partial, kept)
+        return kept, True
     raise InputError(f"{p}: no such file to resume from (nor a partial .{p.name}.*.tmp)")
 
 
@@ -47,7 +54,9 @@ def _open(path: Path) -> Any:
     import pysam
 
     try:
-        return pysam.AlignmentFile(str(path), check_sq=False, ignore_truncation=True)
+        with warnings.catch_warnings():  # a missing EOF block is what resuming is for
+            warnings.simplefilter("ignore", UserWarning)
+            return pysam.AlignmentFile(str(path), check_sq=False, ignore_truncation=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot resume from it (not a readable SAM/BAM): "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
@@ -61,23 +70,36 @@ def complete_records(path: Path) -> Iterator[Any]:
         with open(path, "rb") as fh:
             fh.seek(max(0, path.stat().st_size - 1))
             text_tail_ok = fh.read(1) in (b"\n", b"")
-    with _open(path) as f:
-        it = f.fetch(until_eof=True)
-        prev = None
-        while True:
-            try:
-                seg = next(it)
-            except StopIteration:
-                break
-            except (OSError, ValueError) as exc:
-                log.warning("%s: truncated; resuming from its complete records (%s)",
-                            path, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
-                break
+    f = _open(path)
+    try:
+        prev, broke = None, [False]
+        for seg in _until_error(f.fetch(until_eof=True), path, broke):
             if prev is not None:
                 yield prev
             prev = seg
-        if prev is not None and (text_tail_ok and _complete(prev)):
+        # a record read before the one htslib choked on is whole; the file's last one
+        # is whole only if a SAM file ends with its newline (BAM: htslib checks)
+        if prev is not None and (broke[0] or (text_tail_ok and _complete(prev))):
             yield prev
+    finally:
+        with contextlib.suppress(OSError):  # htslib reports the truncation again on close
+            f.close()
+
+
+def _until_error(records: Iterator[Any], path: Path, broke: list[bool]) -> Iterator[Any]:
+    """Records until the first one htslib cannot read (the truncation point; sets broke[0])."""
+    while True:
+        try:
+            seg = next(records)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as exc:
+            text = str(exc).strip()
+            log.warning("%s: truncated; resuming from its complete records (%s)", path,
+                        text.splitlines()[0] if text else type(exc).__name__)
+            broke[0] = True
+            return
+        yield seg
 
 
 def _is_bgzf(path: Path) -> bool:
