@@ -311,3 +311,14 @@ def test_shared_r941_reads_meet_dorado_spec(shared_data: Path, tmp_path: Path) -
     assert rg["ID"].startswith("0cc960b63c07619b4bf2917507d447479a21da66_")
     assert rg["PM"] == "MN16303" and rg["DT"] == "2016-12-13T19:33:30.000+00:00"
     assert len(recs) == 3 and all(r.get_tag("st").startswith("2016-12-1") for r in recs)
+
+
+def test_samtools_fastq_keeps_the_tags(tiny_model: Path, tmp_path: Path,
+                                       coded_pod5: tuple[Path, dict[str, str]]) -> None:
+    bam = _call_bam(tiny_model, [coded_pod5[0]], tmp_path / "c.bam", emit_moves=True)
+    fq = _call_bam(tiny_model, [coded_pod5[0]], tmp_path / "c.fastq", emit_moves=True)
+    pysam.samtools.fastq("-T", "*", "-0", str(tmp_path / "st.fastq"), str(bam),
+                         catch_stdout=False)
+    text = (tmp_path / "st.fastq").read_text()
+    assert text == fq.read_text()  # the same header tags as edgecall's own FASTQ
+    assert "\tst:Z:" in text and "\tRG:Z:edgecall-test-run_test_level_model" in text
