@@ -91,3 +91,42 @@ def test_resume_after_kill_gives_every_read_once(
                   str(tmp_path / "again.bam"), "--resume-from", str(out))
     assert r.returncode == 0 and f"{len(seqs)} reads copied" in r.stderr
     assert sorted(_ids(tmp_path / "again.bam")) == sorted(seqs)
+
+
+@pytest.mark.slow
+def test_real_kill_9_then_resume(tiny_model: Path, tmp_path: Path) -> None:
+    """A real run killed with SIGKILL mid-output, then resumed: every read exactly once."""
+    import os
+    import signal
+    import time
+
+    import modelkit
+
+    pod = tmp_path / "many.pod5"
+    seqs = modelkit.make_coded_pod5(pod, 400, seed=5, min_len=300, max_len=500)
+    out = tmp_path / "calls.sam"
+    cmd = [sys.executable, "-m", "edgecall", "basecall", str(pod), "--model", str(tiny_model),
+           "-o", str(out), "--batch-size", "1", "--threads", "1", "--engine", "onnx"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    tmp = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(tmp_path.glob(".calls.sam.*.tmp"))
+        if found and found[0].stat().st_size > 100_000:
+            tmp = found[0]
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    if tmp is None:
+        pytest.skip("the run finished before it could be killed")
+    assert not out.exists() and tmp.exists()
+    r = _edgecall("basecall", str(pod), "--model", str(tiny_model), "-o", str(out),
+                  "--resume-from", str(out))
+    assert r.returncode == 0, r.stderr
+    copied = int(r.stderr.split(" reads copied")[0].rsplit("\n", 1)[-1].split()[-1])
+    assert 0 < copied < len(seqs)
+    got = _ids(out)
+    assert sorted(got) == sorted(seqs) and len(got) == len(set(got))
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        assert {a.query_name: a.query_sequence for a in f.fetch(until_eof=True)} == seqs
