@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
-STEPS = ("data", "data_bam", "simulate", "teacher", "train", "evaluate", "prune", "quantize",
-         "export", "tflite_export", "report")
+STEPS = ("data", "data_bam", "simulate", "teacher", "teachers.importer", "train", "evaluate",
+         "prune", "quantize", "export", "tflite_export", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
