@@ -147,15 +147,13 @@ class _Trie:
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.label: list[int] = []
-        self.frame: list[int] = []
         self.state: list[int] = []
         self.child: list[list[int]] = []
 
-    def add(self, parent: int, label: int, frame: int, state: int) -> int:
+    def add(self, parent: int, label: int, state: int) -> int:
         """Append a node and return its id (linked from its parent when it has one)."""
         self.parent.append(parent)
         self.label.append(label)
-        self.frame.append(frame)
         self.state.append(state)
         self.child.append([-1, -1, -1, -1])
         node = len(self.parent) - 1
@@ -163,14 +161,13 @@ class _Trie:
             self.child[parent][label - 1] = node
         return node
 
-    def path(self, node: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and moves of the prefix ending at ``node``."""
-        labels, moves = [], np.zeros(frames, np.uint8)
+    def labels(self, node: int) -> np.ndarray:
+        """Labels of the prefix ending at ``node``."""
+        out = []
         while self.parent[node] >= 0:
-            labels.append(self.label[node])
-            moves[self.frame[node]] = 1
+            out.append(self.label[node])
             node = self.parent[node]
-        return np.array(labels[::-1], np.int32), moves
+        return np.array(out[::-1], np.int32)
 
 
 def crf_beam_search(scores: np.ndarray, state_len: int,
@@ -179,14 +176,16 @@ def crf_beam_search(scores: np.ndarray, state_len: int,
 
     A hypothesis is a start state plus the bases emitted since (its current
     state follows from both). Its score sums over *all* state paths that give
-    it, so stays and moves that reach the same hypothesis are merged by
+    it, so a stay and a move that reach the same hypothesis are merged by
     log-sum-exp. With a wide enough beam the result maximises, over start
     states ``s0`` and sequences ``y``, ``log sum_{paths from s0 emitting y}
     exp(score)``; Viterbi maximises one path's score instead. Each frame keeps
     the ``beam_width`` candidates with the best forward score plus the backward
     score of their state (the look-ahead guide dorado also uses); ties go to
     the lower candidate index (hypothesis ``i``: stay ``5i``, base ``b`` ``5i+1+b``).
-    A base's move is at the frame its prefix was first created.
+    Moves follow one path of the winner, traced back through the frames; where
+    a stay and a move were merged it follows the higher-scoring one (the stay
+    on a tie).
     """
     if beam_width < 1:
         raise ValueError(f"beam width must be >= 1, got {beam_width}")
@@ -196,14 +195,16 @@ def crf_beam_search(scores: np.ndarray, state_len: int,
     beta = crf_backward(scores, state_len)
     tr = _Trie()
     seeds = sorted(range(n), key=lambda s: (-beta[0][s], s))[:beam_width]
-    hyps = [tr.add(-1, 0, -1, s) for s in seeds]
+    hyps = [tr.add(-1, 0, s) for s in seeds]
     fsc = np.zeros(len(hyps), np.float32)
+    back: list[list[tuple[int, bool]]] = []  # per frame, per kept hypothesis: (prev, moved)
     for t in range(f):
         slot = {node: i for i, node in enumerate(hyps)}
         nc = 5 * len(hyps)
         cval = np.full(nc, NEG, np.float32)
         cstate = np.zeros(nc, np.int64)
         alive = np.zeros(nc, bool)
+        cback = [(c // 5, c % 5 > 0) for c in range(nc)]
         for i, node in enumerate(hyps):
             p = tr.state[node]
             cval[5 * i], cstate[5 * i], alive[5 * i] = fsc[i] + sc[t, p, 0], p, True
@@ -214,6 +215,8 @@ def crf_beam_search(scores: np.ndarray, state_len: int,
                 v = np.float32(fsc[i] + sc[t, s, 1 + p // q])
                 j = slot.get(tr.child[node][b], -1)
                 if j >= 0:  # the same prefix and state is already a hypothesis: merge
+                    if v > cval[5 * j]:
+                        cback[5 * j] = (i, True)
                     cval[5 * j] = _lse2(cval[5 * j], v)
                 else:
                     c = 5 * i + 1 + b
@@ -226,8 +229,14 @@ def crf_beam_search(scores: np.ndarray, state_len: int,
             node = hyps[i]
             if r:
                 child = tr.child[node][r - 1]
-                node = child if child >= 0 else tr.add(node, r, t, int(cstate[c]))
+                node = child if child >= 0 else tr.add(node, r, int(cstate[c]))
             new.append(node)
+        back.append([cback[c] for c in sel])
         hyps = new
         fsc = (cval[sel] - cval[sel[0]]).astype(np.float32)
-    return tr.path(hyps[0], f)
+    moves = np.zeros(f, np.uint8)
+    j = 0
+    for t in range(f - 1, -1, -1):
+        j, moved = back[t][j]
+        moves[t] = moved
+    return tr.labels(hyps[0]), moves

@@ -228,7 +228,6 @@ def crf_forward_backward(const float[:, ::1] scores, int state_len):
 cdef struct Trie:
     int32_t *parent
     int32_t *label
-    int32_t *frame
     int32_t *state
     int32_t *child  # [n, 4]
     int32_t *slot   # index in the current beam, or -1
@@ -261,15 +260,13 @@ cdef int _grow(void **p, Py_ssize_t size) noexcept nogil:
     return 0
 
 
-cdef int _trie_add(Trie *tr, int32_t parent, int32_t label, int32_t frame,
-                   int32_t state) noexcept nogil:
+cdef int _trie_add(Trie *tr, int32_t parent, int32_t label, int32_t state) noexcept nogil:
     """Append a node (linked from its parent); returns its id or -1 when out of memory."""
     cdef Py_ssize_t cap, i
     if tr.n == tr.cap:
         cap = tr.cap * 2
         if (_grow(<void **>&tr.parent, cap * sizeof(int32_t))
                 or _grow(<void **>&tr.label, cap * sizeof(int32_t))
-                or _grow(<void **>&tr.frame, cap * sizeof(int32_t))
                 or _grow(<void **>&tr.state, cap * sizeof(int32_t))
                 or _grow(<void **>&tr.slot, cap * sizeof(int32_t))
                 or _grow(<void **>&tr.child, 4 * cap * sizeof(int32_t))):
@@ -278,7 +275,6 @@ cdef int _trie_add(Trie *tr, int32_t parent, int32_t label, int32_t frame,
     i = tr.n
     tr.parent[i] = parent
     tr.label[i] = label
-    tr.frame[i] = frame
     tr.state[i] = state
     tr.slot[i] = -1
     tr.child[4 * i] = -1
@@ -292,8 +288,12 @@ cdef int _trie_add(Trie *tr, int32_t parent, int32_t label, int32_t frame,
 
 
 cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *beta,
-                    Trie *tr, int *best) noexcept nogil:
-    """The beam search of :func:`edgecall.crf_ref.crf_beam_search`; best node into ``best``."""
+                    Trie *tr, int32_t *bprev, uint8_t *bmove, int *best) noexcept nogil:
+    """The beam search of :func:`edgecall.crf_ref.crf_beam_search`.
+
+    Leaves the best node in ``best`` and, per frame ``t`` and kept hypothesis
+    ``j``, its predecessor in ``bprev[t*W + j]`` and whether it moved in ``bmove``.
+    """
     cdef Py_ssize_t F = sc.shape[0], Q = S // 4, t, s
     cdef int nh, nc, i, j, bb, c, r, node, ch, p, nsel, d
     cdef float v, top
@@ -304,9 +304,11 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
     cdef float *cval = <float *>malloc(5 * W * sizeof(float))
     cdef int *cstate = <int *>malloc(5 * W * sizeof(int))
     cdef char *alive = <char *>malloc(5 * W)
+    cdef int32_t *cprev = <int32_t *>malloc(5 * W * sizeof(int32_t))
+    cdef uint8_t *cmove = <uint8_t *>malloc(5 * W)
     cdef Cand *cand = <Cand *>malloc((S if S > 5 * W else 5 * W) * sizeof(Cand))
     if (hyps == NULL or nhyps == NULL or fsc == NULL or cval == NULL or cstate == NULL
-            or alive == NULL or cand == NULL):
+            or alive == NULL or cand == NULL or cprev == NULL or cmove == NULL):
         rc = -1
     else:
         # seeds: the W states with the best backward score (ties: lower state)
@@ -316,7 +318,7 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
         qsort(cand, S, sizeof(Cand), _cand_cmp)
         nh = W if W < S else <int>S
         for i in range(nh):
-            hyps[i] = _trie_add(tr, -1, 0, -1, cand[i].idx)
+            hyps[i] = _trie_add(tr, -1, 0, cand[i].idx)
             fsc[i] = 0.0
             if hyps[i] < 0:
                 rc = -1
@@ -329,6 +331,9 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
                 cval[5 * i] = fsc[i] + sc[t, p * 5]
                 cstate[5 * i] = p
                 alive[5 * i] = 1
+                for bb in range(5):
+                    cprev[5 * i + bb] = i
+                    cmove[5 * i + bb] = bb > 0
             for i in range(nh):
                 node = hyps[i]
                 p = tr.state[node]
@@ -339,6 +344,9 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
                     ch = tr.child[4 * node + bb]
                     j = tr.slot[ch] if ch >= 0 else -1
                     if j >= 0:  # same prefix and state already a hypothesis: merge
+                        if v > cval[5 * j]:  # trace the better of the two paths
+                            cprev[5 * j] = i
+                            cmove[5 * j] = 1
                         cval[5 * j] = _lse2(cval[5 * j], v)
                         alive[c] = 0
                     else:
@@ -364,12 +372,14 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
                 if r:
                     ch = tr.child[4 * node + r - 1]
                     if ch < 0:
-                        ch = _trie_add(tr, node, r, <int32_t>t, cstate[c])
+                        ch = _trie_add(tr, node, r, cstate[c])
                         if ch < 0:
                             rc = -1
                             break
                     node = ch
                 nhyps[j] = node
+                bprev[t * W + j] = cprev[c]
+                bmove[t * W + j] = cmove[c]
                 cand[j].rank = cval[c] - top  # reuse as the new forward scores
             for j in range(nsel):
                 hyps[j] = nhyps[j]
@@ -379,13 +389,15 @@ cdef int _beam_core(const float[:, ::1] sc, Py_ssize_t S, int W, const float *be
         if rc == 0:
             best[0] = hyps[0]
     free(hyps); free(nhyps); free(fsc); free(cval); free(cstate); free(alive); free(cand)
+    free(cprev); free(cmove)
     return rc
 
 
 def crf_beam_search(const float[:, ::1] scores, int state_len, int beam_width):
     """Beam search for the best base sequence: ``(labels int32 [L], moves uint8 [F])``.
 
-    See :func:`edgecall.crf_ref.crf_beam_search` for what it maximises.
+    See :func:`edgecall.crf_ref.crf_beam_search` for what it maximises and how moves are
+    traced.
     """
     if beam_width < 1:
         raise ValueError(f"beam width must be >= 1, got {beam_width}")
@@ -394,22 +406,27 @@ def crf_beam_search(const float[:, ::1] scores, int state_len, int beam_width):
     beta_a = np.empty((F + 1, S), dtype=np.float32)
     cdef float[:, ::1] beta = beta_a
     cdef Trie tr
-    cdef int best = 0, rc, node
+    cdef int best = 0, rc, node, j
+    cdef Py_ssize_t t
+    bprev_a = np.zeros(F * beam_width, dtype=np.int32)
+    bmove_a = np.zeros(F * beam_width, dtype=np.uint8)
+    cdef int32_t[::1] bprev = bprev_a
+    cdef uint8_t[::1] bmove = bmove_a
     tr.cap = 1024
     tr.n = 0
     tr.parent = <int32_t *>malloc(tr.cap * sizeof(int32_t))
     tr.label = <int32_t *>malloc(tr.cap * sizeof(int32_t))
-    tr.frame = <int32_t *>malloc(tr.cap * sizeof(int32_t))
     tr.state = <int32_t *>malloc(tr.cap * sizeof(int32_t))
     tr.slot = <int32_t *>malloc(tr.cap * sizeof(int32_t))
     tr.child = <int32_t *>malloc(4 * tr.cap * sizeof(int32_t))
     try:
-        if (tr.parent == NULL or tr.label == NULL or tr.frame == NULL or tr.state == NULL
-                or tr.slot == NULL or tr.child == NULL):
+        if (tr.parent == NULL or tr.label == NULL or tr.state == NULL or tr.slot == NULL
+                or tr.child == NULL):
             raise MemoryError()
         with nogil:
             _backward(scores, S, &beta[0, 0])
-            rc = _beam_core(scores, S, beam_width, &beta[0, 0], &tr, &best)
+            rc = _beam_core(scores, S, beam_width, &beta[0, 0], &tr,
+                            &bprev[0] if F > 0 else NULL, &bmove[0] if F > 0 else NULL, &best)
         if rc:
             raise MemoryError()
         L = 0
@@ -418,13 +435,16 @@ def crf_beam_search(const float[:, ::1] scores, int state_len, int beam_width):
             L += 1
             node = tr.parent[node]
         labels_a = np.empty(L, dtype=np.int32)
-        moves_a = np.zeros(F, dtype=np.uint8)
         node = best
         for i in range(L - 1, -1, -1):
             labels_a[i] = tr.label[node]
-            moves_a[tr.frame[node]] = 1
             node = tr.parent[node]
     finally:
-        free(tr.parent); free(tr.label); free(tr.frame); free(tr.state); free(tr.slot)
-        free(tr.child)
+        free(tr.parent); free(tr.label); free(tr.state); free(tr.slot); free(tr.child)
+    moves_a = np.zeros(F, dtype=np.uint8)
+    cdef uint8_t[::1] moves = moves_a
+    j = 0
+    for t in range(F - 1, -1, -1):
+        moves[t] = bmove[t * beam_width + j]
+        j = bprev[t * beam_width + j]
     return labels_a, moves_a

@@ -599,7 +599,11 @@ def test_dorado_fast_r941_scores_decode_and_map(shared_data: Path) -> None:
         assert d.sequence == seq and len(d.quality) == len(seq)
         # the mean qscore tells the read's error rate to within a few Phred points
         assert abs(d.mean_qscore + 10 * math.log10(1 - identity)) < 3.5
-        beam = decode_crf(scores, 3, method="beam", beam_width=5)
+        beam = decode_crf(scores, 3, method="beam", beam_width=5, qscore_scale=0.8555,
+                          qscore_bias=-0.7554)
         hits = list(aligner.map(beam.sequence))
-        assert hits and 1 - max(hits, key=lambda h: h.blen).NM / \
-            max(hits, key=lambda h: h.blen).blen >= 0.85
+        assert hits, "the beam call does not map to SARS-CoV-2"
+        best = max(hits, key=lambda h: h.blen)
+        identity = 1 - best.NM / best.blen
+        assert identity >= 0.85
+        assert abs(beam.mean_qscore + 10 * math.log10(1 - identity)) < 3.5
