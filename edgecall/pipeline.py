@@ -36,10 +36,10 @@ import numpy as np
 from edgecall import decode as dec
 from edgecall import models, signal
 from edgecall.engines import Engine, create
-from edgecall.errors import EdgecallError, ModelError
+from edgecall.errors import ChemistryMismatch, EdgecallError, InputError, ModelError
 from edgecall.io.reader import find_pod5, iter_reads, scan_runs
 from edgecall.io.resume import Resume
-from edgecall.io.writer import check_overwrite, open_writer
+from edgecall.io.writer import check_overwrite, open_writer, remove_dead_temps
 from edgecall.types import CalledRead, Failed, Read
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Basecaller:
         if read.num_samples < self.min_samples:
             return Failed(read.path, read.read_id,
                           f"{read.path}: read {read.read_id}: {read.num_samples} samples is "
-                          f"shorter than the minimum {self.min_samples}")
+                          f"shorter than the minimum {self.min_samples}", kind="short")
         x, shift, scale = signal.prepare_scaled(read, self.card.norm, self.card.sample_rate)
         starts = signal.chunk_starts(x.shape[0], self.chunk_size, self.overlap,
                                      self.card.stride)
@@ -143,7 +143,7 @@ class Basecaller:
                 ) -> None:
         """Thread body: prepare reads and feed the engine stage."""
         try:
-            for item in reads:
+            for item in self._by_file(reads):
                 if stop.is_set():
                     break
                 job = self._prepare(item) if isinstance(item, Read) else item
@@ -152,6 +152,21 @@ class Basecaller:
             _put(out, _Error(exc), stop)
         finally:
             _put(out, _END, stop)
+
+    def _by_file(self, reads: Iterable[Read | Failed]) -> Iterator[Read | Failed]:
+        """Decide chemistry per file: a file whose first read this model cannot call
+        fails as a whole (one ``Failed`` naming the file), whatever order files come in."""
+        current, refused = None, None
+        for item in reads:
+            if isinstance(item, Read) and item.path != current:
+                current = item.path
+                try:
+                    models.check_compatible(self.card, item)
+                except EdgecallError as exc:
+                    refused = item.path
+                    yield Failed(item.path, "", f"{item.path}: {exc}")
+            if not (isinstance(item, Read) and item.path == refused):
+                yield item
 
     # -- stage 2: batches through the engine, stitched per read --------------------------
     def _run_batch(self, chunks: list[np.ndarray]) -> np.ndarray:
@@ -331,6 +346,7 @@ class RunSummary:
     output: str = ""
     model: str = ""
     engine: str = ""
+    discarded: bool = False  # the output was not written because of bad input
     below_min_qscore: int = 0  # written to the _fail file, or dropped on stdout
     resumed: int = 0  # records copied from --resume-from
 
@@ -354,6 +370,16 @@ class RunSummary:
         """Whole files that could not be read."""
         return [f for f in self.failed if not f.read_id]
 
+    @property
+    def errors(self) -> list[Failed]:
+        """Failures due to bad input (short reads, skipped and counted, are not errors)."""
+        return [f for f in self.failed if f.kind != "short"]
+
+    @property
+    def short_reads(self) -> int:
+        """Reads skipped as shorter than the minimum."""
+        return sum(1 for f in self.failed if f.kind == "short")
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB."""
@@ -362,11 +388,59 @@ def peak_rss_mb() -> float:
 
 
 def _first_read(files: Sequence[Path], read_ids: set[str] | None) -> Read | None:
-    """The first readable read of the inputs (used to pick a model by chemistry)."""
-    for item in iter_reads(files, read_ids=read_ids):
-        if isinstance(item, Read):
-            return item
+    """The first read of the first file a bundled model can call (to pick that model).
+
+    Files are looked at one by one and only their first read, so a file of
+    another chemistry (or a bad file) first does not decide for the others.
+    """
+    for path in files:
+        for item in iter_reads([path], read_ids=read_ids, max_reads=1):
+            if isinstance(item, Read):
+                try:
+                    models.select_for(item)
+                except ChemistryMismatch:
+                    break
+                return item
     return None
+
+
+class _Discard(Exception):
+    """Bad input was found: leave the output unwritten (its temporary file is deleted)."""
+
+
+def _uncallable(files: Sequence[Path], read_ids: set[str] | None, summary: RunSummary,
+                on_failure: Any) -> RunSummary:
+    """No model given and no file has a read a bundled model can call: say why, per file."""
+    for path in files:
+        item = next(iter(iter_reads([path], read_ids=read_ids, max_reads=1)), None)
+        if item is None:
+            fail = Failed(str(path), "", f"{path}: no reads in this pod5 file"
+                          + (" (none of the --read-ids)" if read_ids else ""))
+        elif isinstance(item, Failed):
+            fail = Failed(item.path, "", item.reason)
+        else:
+            try:
+                models.select_for(item)
+                continue
+            except ChemistryMismatch as exc:
+                fail = Failed(str(path), "", f"{path}: {exc}")
+        summary.failed.append(fail)
+        if on_failure is not None:
+            on_failure(fail)
+    if not summary.failed:
+        raise EdgecallError("no pod5 files in the input; nothing to basecall")
+    summary.discarded = True
+    return summary
+
+
+def _check_output(output: str | Path | None) -> None:
+    """Refuse an output that is a folder before any work is done; clear dead runs' temps."""
+    if output is None or str(output) == "-":
+        return
+    p = Path(output)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder; give an output file name (e.g. {p}/calls.bam)")
+    remove_dead_temps(p)
 
 
 def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
@@ -379,7 +453,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              variant: str = "main", command_line: str = "",
              on_failure: Any = None, min_samples: int = 1000, emit_moves: bool = True,
              min_qscore: float = 0.0, fail_output: str | Path | None = None,
-             force: bool = True, resume_from: str | Path | None = None) -> RunSummary:
+             force: bool = True, resume_from: str | Path | None = None,
+             skip_bad: bool = False) -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
     Parameters
@@ -403,6 +478,10 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         Replace an existing output; otherwise that is an error.
     resume_from : path, optional
         An earlier (possibly truncated) SAM/BAM: its reads are copied, not called again.
+    skip_bad : bool
+        Write the output even if some input was bad. Otherwise a bad file or read
+        (not a short read) leaves the output file unwritten (``discarded``), so no
+        file that errored ever has its reads renamed into place.
 
     Returns
     -------
@@ -411,14 +490,17 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     t0 = time.perf_counter()
     files = find_pod5(inputs, recursive=recursive)
     summary = RunSummary(files=len(files), output=str(output or "-"))
+    # --resume-from first: _check_output deletes dead runs' temporary files, and after a
+    # kill -9 the file to resume from is one (Resume.scan moves it out of the way)
     resume = Resume.scan(resume_from) if resume_from else None
+    _check_output(output)
     if output is not None and str(output) != "-" and not force and not (
             resume is not None and Path(output).resolve() == Path(resume_from or "").resolve()):
         check_overwrite(Path(output), force)
     if basecaller is None:
         probe = None if model else _first_read(files, read_ids)
         if model is None and probe is None:
-            raise EdgecallError("no readable reads in the input; nothing to basecall")
+            return _uncallable(files, read_ids, summary, on_failure)
         basecaller = Basecaller.load(model, engine=engine, threads=threads, variant=variant,
                                      probe_read=probe, batch_size=batch_size,
                                      chunk_size=chunk_size, overlap=overlap, decoder=decoder,
@@ -427,6 +509,29 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     if not basecaller.card.is_main(variant):
         summary.model += f":{variant}"
     bar = _progress(progress)
+    try:
+        _write_all(basecaller, files, output, summary, t0, bar, fmt=fmt, command_line=command_line,
+                   read_ids=read_ids, max_reads=max_reads, stop=stop, on_failure=on_failure,
+                   emit_moves=emit_moves, min_qscore=min_qscore, fail_output=fail_output,
+                   resume=resume, skip_bad=skip_bad)
+    except _Discard:
+        summary.discarded = True
+    if bar is not None:
+        bar.close()
+    if resume is not None and not summary.discarded:  # else keep what we resumed from
+        resume.finish()
+    summary.wall_s = time.perf_counter() - t0
+    summary.peak_rss_mb = peak_rss_mb()
+    return summary
+
+
+def _write_all(basecaller: Basecaller, files: Sequence[Path], output: str | Path | None,
+               summary: RunSummary, t0: float, bar: Any, *, fmt: str | None, command_line: str,
+               read_ids: set[str] | None, max_reads: int | None,
+               stop: threading.Event | None, on_failure: Any, emit_moves: bool,
+               min_qscore: float, fail_output: str | Path | None, resume: Resume | None,
+               skip_bad: bool) -> None:
+    """Call every read into one output; raise _Discard (output deleted) on bad input."""
     with open_writer(output, fmt, model_name=basecaller.card.name,
                      sample_rate=basecaller.card.sample_rate, command_line=command_line,
                      runs=scan_runs(files), emit_moves=emit_moves, min_qscore=min_qscore,
@@ -453,13 +558,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
                 bar.update(1)
                 bar.set_postfix_str(f"{summary.samples / (time.perf_counter() - t0):,.0f} "
                                     "samples/s", refresh=False)
-    if bar is not None:
-        bar.close()
-    if resume is not None:
-        resume.finish()
-    summary.wall_s = time.perf_counter() - t0
-    summary.peak_rss_mb = peak_rss_mb()
-    return summary
+        if summary.errors and not skip_bad and w.tmp is not None:
+            raise _Discard
 
 
 def _skip_done(reads: Iterable[Read | Failed], done: set[str]) -> Iterator[Read | Failed]:

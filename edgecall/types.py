@@ -109,8 +109,14 @@ class CalledRead:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A read (or a whole file, ``read_id == ""``) that could not be called."""
+    """A read (or a whole file, ``read_id == ""``) that could not be called.
+
+    ``kind`` is ``"error"`` for bad input (a corrupt file or read, a chemistry the
+    model cannot call) and ``"short"`` for a read below the minimum length, which
+    is skipped and counted but is no error.
+    """
 
     path: str
     read_id: str
     reason: str
+    kind: str = "error"

@@ -79,10 +79,11 @@ def test_bad_inputs_give_one_line_errors(tiny_model: Path, tmp_path: Path,
     assert r.returncode == 2
     assert "notpod5.pod5: not a pod5 file" in r.stderr
     assert "trunc.pod5: truncated" in r.stderr
-    assert len(list(pysam.FastxFile(str(out)))) == len(seqs)  # good reads still written
+    assert not out.exists() and f"{out} not written" in r.stderr  # input had errors
     r = edgecall("basecall", str(bad), str(path), "--model", str(tiny_model), "--skip-bad",
                  "-o", str(tmp_path / "c2.fastq"))
     assert r.returncode == 0 and "1 bad files" in r.stderr
+    assert len(list(pysam.FastxFile(str(tmp_path / "c2.fastq")))) == len(seqs)
     r = edgecall("basecall", str(path), "--model", str(tmp_path / "nomodel"))
     assert r.returncode == 1 and "unknown model" in r.stderr
     r = edgecall("basecall", str(path), "--model", str(tiny_model), "-o",

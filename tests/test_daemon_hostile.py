@@ -18,6 +18,8 @@ from test_daemon_service import EchoCaller, _config, _service
 
 from edgecall.daemon import files
 from edgecall.daemon.journal import Journal, journal_path
+from edgecall.daemon.service import Service
+from edgecall.daemon.systemd import Notifier
 from edgecall.io.reader import iter_reads
 from edgecall.types import Failed, Read
 
@@ -192,3 +194,23 @@ CREATE TABLE files (path TEXT PRIMARY KEY, state TEXT NOT NULL, size INTEGER NOT
     first_seen REAL NOT NULL, started REAL, finished REAL, seconds REAL);
 CREATE INDEX files_state ON files (state, first_seen);
 """
+
+
+def test_file_of_another_chemistry_is_quarantined_with_reason(tmp_path: Path,
+                                                              tiny_model: Path) -> None:
+    """Defect 5 (daemon): a valid R10 file was marked done with 0 reads and an empty output."""
+    import modelkit
+
+    cfg = _config(tmp_path, model=str(tiny_model), threads=1)
+    ids = dk.make_inputs(cfg.watch, {"r9.pod5": 2})
+    modelkit.make_coded_pod5(cfg.watch / "r10.pod5", 2, seed=4, flow_cell="FLO-MIN114")
+    svc = Service(cfg, notifier=Notifier({}))  # the real basecaller with the level model
+    svc.run()
+    rows = dk.journal(cfg.state)
+    assert rows["r10.pod5"]["state"] == "quarantined"
+    assert rows["r10.pod5"]["reason"].startswith(f"{cfg.watch / 'r10.pod5'}: read ")
+    assert "is r10.4.1" in rows["r10.pod5"]["reason"]
+    assert rows["r9.pod5"]["state"] == "done" and rows["r9.pod5"]["reads"] == 2
+    assert _outputs(cfg.output) == {"r9.fastq": 2}
+    assert set(dk.fastq_ids(cfg.output)) == ids["r9.pod5"]
+    assert svc.status()["files"]["quarantined"] == 1

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edgecall.cli.options import float_at_least, int_at_least
 
@@ -162,12 +166,13 @@ def _emit_summary(args: argparse.Namespace, output: str | None, table: Path) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; returns the exit status."""
-    from edgecall.pipeline import basecall
     from edgecall.types import Failed
 
     shown = [0]
 
     def report(f: Failed) -> None:
+        if f.kind == "short":  # skipped and counted in the summary, not an error
+            return
         if shown[0] < 20:
             print(f"edgecall: {f.reason}", file=sys.stderr)
         elif shown[0] == 20:
@@ -176,7 +181,34 @@ def run(args: argparse.Namespace) -> int:
 
     output = None if args.output in (None, "-") else args.output
     table = _summary_target(args, output)
-    summary = basecall(
+    with _sigterm_interrupts():
+        summary = _call(args, output, report)
+    errors = summary.errors
+    bad_files = len(summary.bad_files)
+    bad_reads = len(errors) - bad_files
+    print(f"edgecall: {summary.reads} reads, {summary.bases:,} bases, "
+          f"{summary.samples_per_s:,.0f} samples/s, {summary.wall_s:.1f} s, "
+          f"peak RSS {summary.peak_rss_mb:.0f} MB, model {summary.model or '-'} "
+          f"({summary.engine or '-'})"
+          + (f"; {bad_files} bad files, {bad_reads} failed reads" if errors else "")
+          + (f"; {summary.short_reads} short reads skipped" if summary.short_reads else ""),
+          file=sys.stderr)
+    if summary.discarded and output is not None:
+        print(f"edgecall: {output} not written: the input has errors (--skip-bad writes the "
+              "readable reads)", file=sys.stderr)
+    _report_outputs(args, output, summary)
+    if table is not None and not getattr(summary, "discarded", False):
+        _emit_summary(args, output, table)
+    if errors and not args.skip_bad:
+        return 2
+    return 0
+
+
+def _call(args: argparse.Namespace, output: str | None, report: Any) -> Any:
+    """edgecall.pipeline.basecall with the command line's options."""
+    from edgecall.pipeline import basecall
+
+    return basecall(
         args.paths, output, model=args.model, engine=args.engine,
         threads=args.threads or 0, batch_size=args.batch_size, chunk_size=args.chunk_size,
         overlap=args.overlap, recursive=args.recursive, max_reads=args.max_reads or None,
@@ -185,17 +217,21 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant, command_line=shlex.join(["edgecall", *sys.argv[1:]]),
         on_failure=report, min_samples=args.min_samples, emit_moves=args.emit_moves,
         min_qscore=args.min_qscore, fail_output=args.fail_output, force=args.force,
-        resume_from=args.resume_from)
-    bad_files = len(summary.bad_files)
-    bad_reads = len(summary.failed) - bad_files
-    print(f"edgecall: {summary.reads} reads, {summary.bases:,} bases, "
-          f"{summary.samples_per_s:,.0f} samples/s, {summary.wall_s:.1f} s, "
-          f"peak RSS {summary.peak_rss_mb:.0f} MB, model {summary.model} ({summary.engine})"
-          + (f"; {bad_files} bad files, {bad_reads} failed reads" if summary.failed else ""),
-          file=sys.stderr)
-    _report_outputs(args, output, summary)
-    if table is not None and not getattr(summary, "discarded", False):
-        _emit_summary(args, output, table)
-    if summary.failed and not args.skip_bad:
-        return 2
-    return 0
+        resume_from=args.resume_from, skip_bad=args.skip_bad)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (exit 130) so the temporary output is deleted."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

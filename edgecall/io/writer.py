@@ -290,25 +290,28 @@ class Writer:
 
     def close(self, ok: bool = True) -> None:
         """Close; on success rename the temp file into place, else delete it."""
-        if self.fail is not None:
-            self.fail.close(ok)
-        if self._bam is not None:
-            self._bam.close()
-            self._bam = None
-        if self._fh is not None:
-            if self._fh is sys.stdout:
-                self._fh.flush()
-            else:
-                self._fh.close()
-            self._fh = None
-        if self.tmp is None or self.path is None:
-            return
-        if ok:
-            with open(self.tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        try:
+            if self.fail is not None:
+                self.fail.close(ok)
+            if self._bam is not None:
+                bam, self._bam = self._bam, None
+                bam.close()
+            if self._fh is not None:
+                fh, self._fh = self._fh, None
+                if fh is sys.stdout:
+                    fh.flush()
+                else:
+                    fh.close()
+            if ok and self.tmp is not None and self.path is not None:
+                with open(self.tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            ok = False  # e.g. the disk filled up while flushing: never leave the temp behind
+            raise
+        finally:
+            if not ok and self.tmp is not None:
+                self.tmp.unlink(missing_ok=True)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.close(ok=exc_type is None)
@@ -357,3 +360,39 @@ def open_writer(path: str | os.PathLike[str] | None, fmt: str | None = None, *,
     return Writer(p, kind, gz, model_name=model_name, sample_rate=sample_rate,
                   command_line=command_line, runs=runs, emit_moves=emit_moves,
                   min_qscore=min_qscore, fail_output=fail, extra_read_groups=extra_read_groups)
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete temporary files for ``path`` left by runs that are no longer alive.
+
+    A run killed with SIGKILL (or by a power cut) cannot delete its
+    ``.<name>.<pid>.tmp``; the next run writing the same output removes those
+    whose process is gone. Returns what was removed.
+    """
+    removed: list[Path] = []
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent if str(path.parent) else ".")
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):-len(".tmp")] if name.startswith(prefix) else ""
+        if not (name.endswith(".tmp") and pid.isdigit()) or _alive(int(pid)):
+            continue
+        stale = path.with_name(name)
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """True if process ``pid`` exists (ours or another user's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
