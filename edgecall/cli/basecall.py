@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int_at_least(0),
                    help="samples of overlap (default: model card)")
     p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
-                   help="CTC decoder")
+                   help="greedy: CTC best path (Viterbi for a CRF model); beam: beam search")
     p.add_argument("--beam-width", type=int_at_least(1), default=5,
                    help="beams of --decoder beam")
     p.add_argument("--min-samples", type=int_at_least(0), default=1000,
