@@ -214,3 +214,63 @@ def test_file_of_another_chemistry_is_quarantined_with_reason(tmp_path: Path,
     assert _outputs(cfg.output) == {"r9.fastq": 2}
     assert set(dk.fastq_ids(cfg.output)) == ids["r9.pod5"]
     assert svc.status()["files"]["quarantined"] == 1
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs the right to mount; skipped otherwise)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_state_disk_is_waited_out_not_fatal(tmp_path: Path, small_disk: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Defect 7: a full state disk stopped the daemon with 'database or disk is full'."""
+    import threading
+
+    cfg = _config(tmp_path, state=small_disk / "state", once=False)
+    cfg.watch.mkdir()
+    svc = _service(cfg, EchoCaller())
+    svc._backoff_seconds = 0.05
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            svc.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        dk.wait_for(lambda: svc.status()["ready"] or errors, 30, "start-up")
+        filler = small_disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # fill the state disk up
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        ids = dk.make_inputs(cfg.watch, {"a.pod5": 2})
+        dk.wait_for(lambda: errors or any("cannot update the journal: database or disk is "
+                                          "full" in r.getMessage() for r in caplog.records),
+                    30, "the daemon to meet the full disk")
+        filler.unlink()  # space again: the daemon carries on by itself
+        dk.wait_for(lambda: errors or dk.states(cfg.state)["done"] == 1, 30, "the file done")
+    finally:
+        svc.request_stop()
+        thread.join(30)
+    assert not errors, errors
+    assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(ids["a.pod5"], 1)

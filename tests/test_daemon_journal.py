@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,8 +71,13 @@ def test_output_path_and_temp_cleanup(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert files.output_path(out, "r/pod5_pass/x_0.pod5", "bam") == out / "r/pod5_pass/x_0.bam"
     (out / "r").mkdir(parents=True)
-    stale = [out / ".x_0.fastq.123.tmp", out / "r" / ".y.bam.9.tmp"]
-    keep = [out / "x_1.fastq", out / "r" / "notes.tmp", out / "r" / ".hidden"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [out / f".x_0.fastq.{dead.pid}.tmp", out / "r" / f".y.bam.{dead.pid}.tmp",
+             out / ".z.fastq.resume.tmp"]
+    # a live writer's temp (another daemon sharing --output, a one-shot run) is kept
+    keep = [out / "x_1.fastq", out / "r" / "notes.tmp", out / "r" / ".hidden",
+            out / f".w.fastq.{os.getpid()}.tmp"]
     for p in stale + keep:
         p.write_text("partial")
     assert sorted(files.remove_stale_temps(out)) == sorted(stale)

@@ -142,14 +142,32 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+def temp_owner_alive(name: str) -> bool:
+    """True if the process named in a ``.<name>.<pid>.tmp`` file still runs."""
+    pid = name[:-len(".tmp")].rsplit(".", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
+
+
 def remove_stale_temps(output_dir: Path) -> list[Path]:
-    """Delete every ``.*.tmp`` file under ``output_dir``; return what was removed."""
+    """Delete ``.*.tmp`` files under ``output_dir`` whose writer is gone; return them.
+
+    Temporary files of a live process (another daemon sharing the output folder,
+    a one-shot run) are left alone.
+    """
     removed: list[Path] = []
     if not output_dir.is_dir():
         return removed
     for folder, _dirs, names in os.walk(output_dir):
         for name in names:
-            if is_temp_name(name):
+            if is_temp_name(name) and not temp_owner_alive(name):
                 path = Path(folder) / name
                 try:
                     path.unlink()

@@ -230,6 +230,12 @@ class Journal:
                              "basecalling it)' WHERE state = 'running'")
         return rows
 
+    def requeue_running(self) -> None:
+        """Put 'running' files back to 'pending' without counting a crash (the journal,
+        not the input, failed while they were in progress)."""
+        with self._tx():
+            self._db.execute("UPDATE files SET state = 'pending' WHERE state = 'running'")
+
     def add_pending(self, key: str, path: str, size: int, mtime_ns: int,
                     expected_reads: int | None = None) -> None:
         """Queue new content found complete at ``path``.
@@ -323,7 +329,21 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:  # e.g. the disk filled up: leave no transaction open
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open (it may already have been)."""
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 def journal_path(state_dir: Path) -> Path:

@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -178,6 +179,7 @@ class Service:
         self._lockfile: Any = None
         self._backoff_until = 0.0
         self._backoff_seconds = 30.0
+        self._requeue = False
         self._heartbeat = Heartbeat(self.notifier, self._engine_progress)
         self.exit_reason = ""
 
@@ -291,19 +293,45 @@ class Service:
 
     def _loop(self) -> None:
         """Scan, process the oldest pending file, or wait; until stopped."""
-        assert self.journal is not None
         while not self._stop.is_set():
-            self._tick()
-            entry = None if time.monotonic() < self._backoff_until else self.journal.next_pending()
-            if entry is not None:
-                self._process(entry)
-                self._scanned_once = False  # --once: look again before deciding we are idle
-                continue
-            if (self.config.once and self._waiting == 0 and self._scanned_once
-                    and time.monotonic() >= self._backoff_until):
-                self.exit_reason = "--once: nothing left to do"
-                break
-            self._idle()
+            try:
+                if not self._step():
+                    break
+            except sqlite3.OperationalError as exc:  # state disk full, read-only, I/O error
+                self._journal_failed(exc)
+                self._idle()
+
+    def _step(self) -> bool:
+        """One turn of the loop; False when ``--once`` has nothing left to do."""
+        assert self.journal is not None
+        self._tick()
+        if time.monotonic() < self._backoff_until:
+            entry = None
+        else:
+            if self._requeue:  # the journal failed mid-file: that file is redone
+                self.journal.requeue_running()
+                self._requeue = False
+            entry = self.journal.next_pending()
+        if entry is not None:
+            self._process(entry)
+            self._scanned_once = False  # --once: look again before deciding we are idle
+            return True
+        if (self.config.once and self._waiting == 0 and self._scanned_once
+                and time.monotonic() >= self._backoff_until):
+            self.exit_reason = "--once: nothing left to do"
+            return False
+        self._idle()
+        return True
+
+    def _journal_failed(self, exc: sqlite3.OperationalError) -> None:
+        """The journal cannot be written (e.g. a full state disk): wait and retry, not exit."""
+        assert self.journal is not None
+        wait = self._backoff_seconds
+        self._backoff_until = time.monotonic() + wait
+        self._requeue = True
+        self._publish(state="waiting for the state disk", current=None)
+        log.error("%s: cannot update the journal: %s; retrying in %g s", self.journal.path,
+                  exc, wait)
 
     def _tick(self) -> None:
         """Periodic work: rescan, watchdog, STATUS=, telemetry."""
@@ -349,15 +377,15 @@ class Service:
         ident = _identify(cand.path)
         if ident is None or (ident.size, ident.mtime_ns) != (cand.size, cand.mtime_ns):
             return  # vanished or changed since it settled: the watcher looks again
-        self._known[cand.rel] = (ident.size, ident.mtime_ns)
         old = self.journal.get(ident.key)
         if old is None:
             self.journal.add_pending(ident.key, cand.rel, ident.size, ident.mtime_ns, cand.reads)
             count = "" if cand.reads is None else f" ({cand.reads} reads)"
             log.info("%s: complete%s, queued", cand.rel, count)
-        elif old.path == cand.rel:
+        self._known[cand.rel] = (ident.size, ident.mtime_ns)  # once the journal has it
+        if old is None or old.path == cand.rel:
             return
-        elif old.state in ("pending", "running"):
+        if old.state in ("pending", "running"):
             self.journal.move(ident.key, cand.rel, ident.size, ident.mtime_ns)
             log.info("%s: moved here from %s while queued", cand.rel, old.path)
         else:
