@@ -113,7 +113,7 @@ def extensions() -> list:
 
 
 RUNTIME = ["numpy>=1.24", "pod5>=0.3", "onnxruntime>=1.16", "onnx>=1.14", "psutil>=5.9",
-           "tqdm>=4.60", "pysam>=0.21"]
+           "tqdm>=4.60", "pysam>=0.21", "edlib>=1.3.9"]
 EXTRAS = {
     "test": ["pytest>=7", "mappy>=2.24", "matplotlib>=3.7", "Cython>=3.0"],
     "plot": ["matplotlib>=3.7"],

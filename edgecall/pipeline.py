@@ -40,6 +40,7 @@ from edgecall.errors import ChemistryMismatch, EdgecallError, InputError, ModelE
 from edgecall.io.reader import find_pod5, iter_reads, scan_runs
 from edgecall.io.resume import Resume
 from edgecall.io.writer import check_overwrite, open_writer, remove_dead_temps
+from edgecall.trim import Trimmer
 from edgecall.types import CalledRead, Failed, Read
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class _Error:
 
 class Basecaller:
     """One model + one engine, reused for any number of reads and files."""
+
+    trimmer: Any = None  # a callable CalledRead -> CalledRead (edgecall.trim.Trimmer)
 
     def __init__(self, card: models.ModelCard, engine: Engine, *, batch_size: int = 32,
                  chunk_size: int | None = None, overlap: int | None = None,
@@ -307,6 +310,8 @@ class Basecaller:
             return item
         job, post = item
         called = _with_origin(self._decode(job, post), job, self.card.norm.method)
+        if self.trimmer is not None:
+            called = self.trimmer(called)
         st.reads += 1
         st.bases += len(called.sequence)
         st.samples += job.read.num_samples
@@ -349,6 +354,8 @@ class RunSummary:
     discarded: bool = False  # the output was not written because of bad input
     below_min_qscore: int = 0  # written to the _fail file, or dropped on stdout
     resumed: int = 0  # records copied from --resume-from
+    adapters_trimmed: int = 0  # reads with an adapter cut off their start
+    adapter_bases: int = 0  # bases those cuts removed
 
     @property
     def samples_per_s(self) -> float:
@@ -454,7 +461,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              on_failure: Any = None, min_samples: int = 1000, emit_moves: bool = True,
              min_qscore: float = 0.0, fail_output: str | Path | None = None,
              force: bool = True, resume_from: str | Path | None = None,
-             skip_bad: bool = False) -> RunSummary:
+             skip_bad: bool = False, trim_adapters: bool = False) -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
     Parameters
@@ -478,6 +485,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         Replace an existing output; otherwise that is an error.
     resume_from : path, optional
         An earlier (possibly truncated) SAM/BAM: its reads are copied, not called again.
+    trim_adapters : bool
+        Cut the sequencing adapter off each read's start (:mod:`edgecall.trim`; ``ts``).
     skip_bad : bool
         Write the output even if some input was bad. Otherwise a bad file or read
         (not a short read) leaves the output file unwritten (``discarded``), so no
@@ -508,6 +517,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     summary.model, summary.engine = basecaller.card.name, basecaller.engine.name
     if not basecaller.card.is_main(variant):
         summary.model += f":{variant}"
+    basecaller.trimmer = Trimmer() if trim_adapters else None
     bar = _progress(progress)
     try:
         _write_all(basecaller, files, output, summary, t0, bar, fmt=fmt, command_line=command_line,
@@ -520,6 +530,9 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         bar.close()
     if resume is not None and not summary.discarded:  # else keep what we resumed from
         resume.finish()
+    if basecaller.trimmer is not None:
+        summary.adapters_trimmed = basecaller.trimmer.trimmed
+        summary.adapter_bases = basecaller.trimmer.bases
     summary.wall_s = time.perf_counter() - t0
     summary.peak_rss_mb = peak_rss_mb()
     return summary

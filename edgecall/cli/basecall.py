@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an earlier, interrupted run's SAM/BAM: its reads are copied, not called "
                         "again (may be the -o file itself)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--no-trim", action="store_true",
+                   help="keep the sequencing adapter at read starts (default: found with edlib "
+                        "and cut off; ts:i says how many samples)")
     p.add_argument("--emit-summary", action="store_true",
                    help="also write sequencing_summary.txt (dorado's columns) beside -o")
     p.add_argument("--skip-bad", action="store_true",
@@ -110,13 +113,16 @@ def _output_format(args: argparse.Namespace, output: str | None) -> str | None:
 
 
 def _report_outputs(args: argparse.Namespace, output: str | None, summary: object) -> None:
-    """One stderr line each for resumed reads and reads below --min-qscore."""
+    """One stderr line each for resumed reads, adapter trimming and --min-qscore."""
     from edgecall.io.writer import fail_path
 
     resumed = getattr(summary, "resumed", 0)
     below = getattr(summary, "below_min_qscore", 0)
     if args.resume_from:
         print(f"edgecall: {resumed} reads copied from {args.resume_from}", file=sys.stderr)
+    if not args.no_trim:
+        print(f"edgecall: adapter trimmed from {getattr(summary, 'adapters_trimmed', 0)} reads "
+              f"({getattr(summary, 'adapter_bases', 0):,} bases)", file=sys.stderr)
     if args.min_qscore > 0:
         where = ("dropped (stdout output)" if output is None
                  else f"written to {args.fail_output or fail_path(Path(output))}")
@@ -217,7 +223,7 @@ def _call(args: argparse.Namespace, output: str | None, report: Any) -> Any:
         variant=args.variant, command_line=shlex.join(["edgecall", *sys.argv[1:]]),
         on_failure=report, min_samples=args.min_samples, emit_moves=args.emit_moves,
         min_qscore=args.min_qscore, fail_output=args.fail_output, force=args.force,
-        resume_from=args.resume_from, skip_bad=args.skip_bad)
+        resume_from=args.resume_from, skip_bad=args.skip_bad, trim_adapters=not args.no_trim)
 
 
 @contextlib.contextmanager
