@@ -274,3 +274,32 @@ def test_full_state_disk_is_waited_out_not_fatal(tmp_path: Path, small_disk: Pat
         thread.join(30)
     assert not errors, errors
     assert dict(dk.fastq_ids(cfg.output)) == dict.fromkeys(ids["a.pod5"], 1)
+
+
+def test_shipped_service_settings_run_the_default_model_fast() -> None:
+    """Defect 11: the shipped env file ran the FP32 student on onnxruntime FP32."""
+    import argparse
+
+    from edgecall.cli import serve as serve_cli
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(line.split("=", 1) for line in (root / "systemd/edgecall.env").read_text()
+               .splitlines() if line and not line.startswith("#"))
+    assert env["EDGECALL_ENGINE"] == "auto" and env["EDGECALL_VARIANT"] == "main"
+    parser = argparse.ArgumentParser()
+    serve_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--watch", "w", "--output", "o"])
+    assert (args.engine, args.variant) == ("auto", "main")  # as `edgecall basecall`
+    text = (root / "docs/daemon.md").read_text()
+    from edgecall import models
+
+    names = {c.name for c in models.bundled()}
+    for model in re_models(text):
+        assert model in names, f"docs/daemon.md names a model that does not exist: {model}"
+
+
+def re_models(text: str) -> list[str]:
+    """Model names given with --model in a text."""
+    import re
+
+    return re.findall(r"--model ([a-z0-9_]+)", text)

@@ -123,10 +123,10 @@ def test_model_chosen_from_first_file(tmp_path: Path) -> None:
     assert svc.status()["model"] == "picked" and dk.states(cfg.state)["done"] == 2
 
 
-def test_too_many_crashes_quarantines_instead_of_looping(tmp_path: Path) -> None:
+def test_too_many_interruptions_quarantine_instead_of_looping(tmp_path: Path) -> None:
     from edgecall.daemon.journal import Journal, journal_path
 
-    cfg = _config(tmp_path, max_crashes=2)
+    cfg = _config(tmp_path, max_interrupts=2)
     dk.make_inputs(cfg.watch, {"poison.pod5": 2, "fine.pod5": 2})
     with Journal(journal_path(cfg.state)) as j:
         st = (cfg.watch / "poison.pod5").stat()
@@ -138,6 +138,26 @@ def test_too_many_crashes_quarantines_instead_of_looping(tmp_path: Path) -> None
     _service(cfg, EchoCaller()).run()
     rows = dk.journal(cfg.state)
     assert rows["poison.pod5"]["state"] == "quarantined"
-    assert "gave up after 2 failed attempts" in rows["poison.pod5"]["reason"]
+    assert "gave up after 2 interrupted attempts" in rows["poison.pod5"]["reason"]
     assert "killed or crashed" in rows["poison.pod5"]["reason"]
     assert rows["fine.pod5"]["state"] == "done"
+
+
+def test_external_kills_do_not_count_as_crashes(tmp_path: Path) -> None:
+    """Defect 8: --max-crashes 3 counted OOM kills / power cuts / kill -9 against the file
+    in progress, so good files were quarantined for good after a few kills."""
+    from edgecall.daemon.journal import Journal, journal_path
+
+    cfg = _config(tmp_path, max_crashes=3)
+    ids = dk.make_inputs(cfg.watch, {"good.pod5": 2})
+    with Journal(journal_path(cfg.state)) as j:
+        st = (cfg.watch / "good.pod5").stat()
+        key = files.identify(cfg.watch / "good.pod5").key
+        j.add_pending(key, "good.pod5", st.st_size, st.st_mtime_ns, 2)
+        for _ in range(4):  # killed from outside four times while calling it
+            j.start(key)
+            j.recover()
+    _service(cfg, EchoCaller()).run()
+    row = dk.journal(cfg.state)["good.pod5"]
+    assert (row["state"], row["crashes"], row["interrupts"]) == ("done", 0, 4)
+    assert set(dk.fastq_ids(cfg.output)) == ids["good.pod5"]

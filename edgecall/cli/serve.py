@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="journal, telemetry and lock folder (default: OUTPUT/.edgecall)")
     p.add_argument("--model", default=_env("MODEL"),
                    help="model name or folder (default: chosen from the first file's chemistry)")
-    p.add_argument("--engine", default=_env("ENGINE", "onnx"), help="onnx | native | tflite")
+    p.add_argument("--engine", default=_env("ENGINE", "auto"),
+                   help="auto (onnx for INT8 files, native for FP32) | onnx | native | tflite")
     p.add_argument("--variant", default=_env("VARIANT", "main"),
                    help="main (the card's own file) | fp32 | int8 | ...")
     p.add_argument("--threads", type=int, default=_env("THREADS", "0"),
@@ -71,8 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=_env("QUARANTINE_MOVE", "") in ("1", "yes", "true"),
                    help="move corrupt inputs into --quarantine instead of linking")
     p.add_argument("--max-crashes", type=int, default=_env("MAX_CRASHES", "3"),
-                   help="quarantine a file after this many failed attempts (daemon crashes or "
-                        "unexpected basecalling errors; default 3)")
+                   help="quarantine a file after this many attempts that failed with an "
+                        "unexpected basecalling error (default 3)")
+    p.add_argument("--max-interrupts", type=int, default=_env("MAX_INTERRUPTS", "10"),
+                   help="quarantine a file after the daemon was killed (or died without a "
+                        "word: OOM, power cut, segfault) this many times while calling it "
+                        "(default 10)")
     p.add_argument("--telemetry-interval", type=float,
                    default=_env("TELEMETRY_INTERVAL", "60"),
                    help="seconds between telemetry JSONL records under --state (default 60)")
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval, settle=args.settle, once=args.once,
         quarantine=args.quarantine.resolve() if args.quarantine else None,
         quarantine_move=args.quarantine_move, max_crashes=args.max_crashes,
+        max_interrupts=args.max_interrupts,
         telemetry_interval=args.telemetry_interval,
         command_line=shlex.join(["edgecall", *sys.argv[1:]]))
     return serve(config)

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS files (
     reason TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     crashes INTEGER NOT NULL DEFAULT 0,
+    interrupts INTEGER NOT NULL DEFAULT 0,
     first_seen REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -83,6 +84,7 @@ class FileEntry:
     reason: str | None
     attempts: int
     crashes: int
+    interrupts: int
     first_seen: float
     started: float | None
     finished: float | None
@@ -143,6 +145,10 @@ class Journal:
         with self._tx():
             self._migrate_v1()
             self._db.execute(_TABLE)
+            cols = [r[1] for r in self._db.execute("PRAGMA table_info(files)")]
+            if "interrupts" not in cols:
+                self._db.execute("ALTER TABLE files ADD COLUMN interrupts INTEGER NOT NULL "
+                                 "DEFAULT 0")
         self._db.executescript(_INDEXES)
 
     def _migrate_v1(self) -> None:
@@ -221,11 +227,16 @@ class Journal:
     # -- writing ---------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """After a restart: put files left 'running' back to 'pending'; return their paths."""
+        """After a restart: put files left 'running' back to 'pending'; return their paths.
+
+        Each counts one *interruption*, not a crash: a process killed from outside
+        (OOM killer, power cut, ``kill -9``) cannot be told from one that died of the
+        file, so these have their own, higher limit.
+        """
         with self._tx():
             rows = [decode_name(r[0]) for r in self._db.execute(
                 "SELECT path FROM files WHERE state = 'running'")]
-            self._db.execute("UPDATE files SET state = 'pending', crashes = crashes + 1, "
+            self._db.execute("UPDATE files SET state = 'pending', interrupts = interrupts + 1, "
                              "reason = 'interrupted (the daemon was killed or crashed while "
                              "basecalling it)' WHERE state = 'running'")
         return rows

@@ -78,7 +78,7 @@ class ServeConfig:
     output: Path
     state: Path
     model: str | None = None
-    engine: str = "onnx"
+    engine: str = "auto"
     threads: int = 0
     variant: str = "main"
     batch_size: int = 32
@@ -90,6 +90,7 @@ class ServeConfig:
     quarantine: Path | None = None
     quarantine_move: bool = False
     max_crashes: int = 3
+    max_interrupts: int = 10
     telemetry_interval: float = 60.0
     command_line: str = ""
 
@@ -117,7 +118,8 @@ def _default_loader(config: ServeConfig, probe: Read | None) -> tuple[Caller, st
 
     bc = Basecaller.load(config.model, engine=config.engine, threads=config.threads,
                          variant=config.variant, batch_size=config.batch_size, probe_read=probe)
-    return bc, bc.card.name
+    main = bc.card.is_main(config.variant)
+    return bc, bc.card.name if main else f"{bc.card.name}:{config.variant}"
 
 
 def _default_writer(path: Path, fmt: str, model_name: str, command_line: str) -> Any:
@@ -256,7 +258,9 @@ class Service:
         """Load the one model instance used for the daemon's life."""
         t0 = time.monotonic()
         self._caller, self._model_name = self._loader(self.config, probe)
-        log.info("model %s loaded in %.1f s", self._model_name, time.monotonic() - t0)
+        engine = getattr(getattr(self._caller, "engine", None), "name", self.config.engine)
+        log.info("model %s loaded in %.1f s (engine %s)", self._model_name,
+                 time.monotonic() - t0, engine)
         self._publish(model=self._model_name)
 
     def _engine_progress(self) -> int:
@@ -265,12 +269,16 @@ class Service:
         return int(getattr(stats, "chunks", 0) or 0)
 
     def _quarantine_crashers(self) -> None:
-        """Quarantine files that were in progress during too many crashes."""
+        """Quarantine files that failed too often (errors) or were interrupted too often."""
         assert self.journal is not None
         for entry in self.journal.entries("pending"):
             if entry.crashes >= self.config.max_crashes:
                 self._quarantine(entry.key, entry.path, f"{entry.path}: gave up after "
                                  f"{entry.crashes} failed attempts; last: {entry.reason}",
+                                 entry.size, entry.mtime_ns)
+            elif entry.interrupts >= self.config.max_interrupts:
+                self._quarantine(entry.key, entry.path, f"{entry.path}: gave up after "
+                                 f"{entry.interrupts} interrupted attempts ({entry.reason})",
                                  entry.size, entry.mtime_ns)
 
     def _shutdown(self) -> None:
