@@ -180,10 +180,16 @@ class Sampler:
 
     def _loop(self) -> None:
         """Sample every ``interval`` seconds until stopped."""
+        failures = 0
         while not self._stop.wait(self.interval):
             now = time.perf_counter()
-            self._sample_process(now)
-            self._sample_power(now)
+            try:
+                self._sample_process(now)
+                self._sample_power(now)
+            except Exception as exc:  # noqa: BLE001 - e.g. EMFILE: skip a sample, keep going
+                failures += 1
+                if failures == 1:
+                    log.warning("telemetry sample failed (will keep trying): %s", exc)
 
     def _sample_process(self, now: float) -> None:
         """Record RSS and the CPU use since the previous sample."""

@@ -303,3 +303,60 @@ def re_models(text: str) -> list[str]:
     import re
 
     return re.findall(r"--model ([a-z0-9_]+)", text)
+
+
+def test_metrics_server_caps_and_times_out_idle_connections() -> None:
+    """Defect 9: 300 idle local connections held 300 threads and fds; no timeout."""
+    import socket
+    import threading
+
+    from edgecall.daemon.http import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0, lambda: {"up": True, "ready": True},
+                           timeout=0.5, max_connections=4).start()
+    host, port = server.address
+    base_threads = threading.active_count()
+    idle = [socket.create_connection((host, port)) for _ in range(40)]
+    try:
+        peak = 0
+        for sock in idle:  # every idle client is hung up on: refused, or timed out
+            sock.settimeout(20)
+            peak = max(peak, threading.active_count() - base_threads)
+            assert sock.recv(1) == b""
+        assert peak <= 4
+        code, _, body = dk.http_get(server.url + "/metrics")
+        assert code == 200 and "edgecall_up 1" in body
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_telemetry_sampler_survives_running_out_of_file_descriptors(tmp_path: Path) -> None:
+    """Defect 9: the sampler thread died on its first OSError; /metrics froze its RSS."""
+    import subprocess
+    import sys
+
+    code = """
+import os, resource, time
+from edgecall.telemetry import Sampler
+s = Sampler(interval=0.01).start()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+fds = []
+try:
+    while True:
+        fds.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+time.sleep(0.2)   # samples fail meanwhile (EMFILE opening /proc)
+for fd in fds:
+    os.close(fd)
+n = len(s._s.rss)
+while len(s._s.rss) == n and s._thread.is_alive():
+    time.sleep(0.01)   # sampling resumes once descriptors are free
+print("alive" if s._thread.is_alive() else "dead")
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.stdout.strip() == "alive", r.stderr[-2000:]

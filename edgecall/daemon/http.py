@@ -147,10 +147,41 @@ def parse_addr(text: str) -> tuple[str, int] | None:
 
 
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows the status callback."""
+    """ThreadingHTTPServer that knows the status callback, with a cap on connections.
+
+    Each connection has its own thread; beyond ``max_connections`` at once a new
+    connection is closed at once, so idle or slow clients cannot pile up threads
+    and file descriptors (the handler's ``timeout`` closes idle ones).
+    """
 
     daemon_threads = True
     status_fn: StatusFn
+    max_connections = 16
+
+    def server_activate(self) -> None:
+        """Listen, with the connection slots ready."""
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve on a new thread if a slot is free, else close the connection."""
+        if not self._slots.acquire(blocking=False):
+            log.debug("metrics: %d connections open; refusing %s", self.max_connections,
+                      client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, then free its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -164,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _Server
     server_version = "edgecall"
+    timeout = 5.0  # seconds a client may stay silent before its connection is closed
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         """Answer one request."""
@@ -212,11 +244,14 @@ class MetricsServer:
         Returns the status dictionary (called on the server's threads).
     """
 
-    def __init__(self, host: str, port: int, status_fn: StatusFn) -> None:
+    def __init__(self, host: str, port: int, status_fn: StatusFn, *, timeout: float = 5.0,
+                 max_connections: int = 16) -> None:
         if host == "localhost":
             host = "127.0.0.1"
-        cls = _Server6 if ":" in host else _Server
-        self._server = cls((host, port), _Handler)
+        base = _Server6 if ":" in host else _Server
+        handler = type("_TimedHandler", (_Handler,), {"timeout": float(timeout)})
+        cls = type("_CappedServer", (base,), {"max_connections": int(max_connections)})
+        self._server = cls((host, port), handler)
         self._server.status_fn = status_fn
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.5},
