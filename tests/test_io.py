@@ -322,3 +322,22 @@ def test_samtools_fastq_keeps_the_tags(tiny_model: Path, tmp_path: Path,
     text = (tmp_path / "st.fastq").read_text()
     assert text == fq.read_text()  # the same header tags as edgecall's own FASTQ
     assert "\tst:Z:" in text and "\tRG:Z:edgecall-test-run_test_level_model" in text
+
+
+def test_writer_without_runs_points_reads_to_its_one_read_group(tmp_path: Path) -> None:
+    """A SAM/BAM opened without the runs (e.g. by a caller that did not scan them) stays
+    valid: every read's RG:Z names the header's model-only @RG."""
+    import dataclasses
+
+    out = tmp_path / "norun.sam"
+    r = dataclasses.replace(_called(0), run=RunMeta(run_id="run-x"), path="/x/a.pod5")
+    with writer.open_writer(out, model_name="m") as w:
+        w.write(r)
+    with pysam.AlignmentFile(str(out), check_sq=False) as f:
+        assert [rg["ID"] for rg in f.header.to_dict()["RG"]] == ["m"]
+        assert [a.get_tag("RG") for a in f.fetch(until_eof=True)] == ["m"]
+    with writer.open_writer(tmp_path / "run.sam", model_name="m",
+                            runs=[RunMeta(run_id="run-x")]) as w:
+        w.write(r)
+    with pysam.AlignmentFile(str(tmp_path / "run.sam"), check_sq=False) as f:
+        assert [a.get_tag("RG") for a in f.fetch(until_eof=True)] == ["run-x_m"]

@@ -181,6 +181,7 @@ class Writer:
         self.emit_moves, self.min_qscore = emit_moves, float(min_qscore)
         self.read_groups = self._read_groups(runs, extra_read_groups)
         self._rg_ids = {rg["ID"] for rg in self.read_groups}
+        self._runs_known = bool(runs) or bool(extra_read_groups)
         self.records = 0
         self.dropped = 0  # below min_qscore with nowhere to put them (stdout)
         self.tmp: Path | None = temp_path(path) if path is not None else None
@@ -204,12 +205,19 @@ class Writer:
         return list(groups.values())
 
     def rg_for(self, r: CalledRead) -> str:
-        """The read group of a read (its run and the model); warns once if not in the header."""
+        """The read group of a read: its run and the model.
+
+        A SAM/BAM opened without its runs has only the model's read group; its
+        reads point there (their header cannot list a run found later).
+        """
         rg = read_group_id(r.run.run_id, self.model_name)
-        if rg not in self._rg_ids and self.fmt != "fastq":
-            log.warning("read %s: run %s is not in the output's @RG header lines",
-                        r.read_id, r.run.run_id)
-            self._rg_ids.add(rg)
+        if rg in self._rg_ids or self.fmt == "fastq":
+            return rg
+        if not self._runs_known:
+            return read_group_id("", self.model_name)
+        log.warning("read %s: run %s is not in the output's @RG header lines",
+                    r.read_id, r.run.run_id)
+        self._rg_ids.add(rg)
         return rg
 
     def __enter__(self) -> Writer:
