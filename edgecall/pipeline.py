@@ -461,7 +461,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              on_failure: Any = None, min_samples: int = 1000, emit_moves: bool = True,
              min_qscore: float = 0.0, fail_output: str | Path | None = None,
              force: bool = True, resume_from: str | Path | None = None,
-             skip_bad: bool = False, trim_adapters: bool = False) -> RunSummary:
+             skip_bad: bool = False, trim_adapters: bool = False,
+             kit_name: str = "") -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
     Parameters
@@ -486,7 +487,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     resume_from : path, optional
         An earlier (possibly truncated) SAM/BAM: its reads are copied, not called again.
     trim_adapters : bool
-        Cut the sequencing adapter off each read's start (:mod:`edgecall.trim`; ``ts``).
+        Cut the sequencing adapter off each read's start (:mod:`edgecall.trim`; ``ts``),
+        that of ``kit_name`` if given, else of each read's own kit.
     skip_bad : bool
         Write the output even if some input was bad. Otherwise a bad file or read
         (not a short read) leaves the output file unwritten (``discarded``), so no
@@ -517,7 +519,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     summary.model, summary.engine = basecaller.card.name, basecaller.engine.name
     if not basecaller.card.is_main(variant):
         summary.model += f":{variant}"
-    basecaller.trimmer = Trimmer() if trim_adapters else None
+    basecaller.trimmer = Trimmer(kit=kit_name) if trim_adapters else None
     bar = _progress(progress)
     try:
         _write_all(basecaller, files, output, summary, t0, bar, fmt=fmt, command_line=command_line,

@@ -94,16 +94,22 @@ def trim_start(r: CalledRead, n_bases: int) -> CalledRead:
 
 
 class Trimmer:
-    """Trims the kit's adapter off each read's start; counts what it did."""
+    """Trims the kit's adapter off each read's start; counts what it did.
 
-    def __init__(self, *, window: int = WINDOW, max_error: float = MAX_ERROR) -> None:
-        self.window, self.max_error = window, max_error
+    The kit is each read's own (pod5 run info) unless ``kit`` names one for all.
+    """
+
+    def __init__(self, *, kit: str = "", window: int = WINDOW,
+                 max_error: float = MAX_ERROR) -> None:
+        if kit and kit.lower() not in KIT_ADAPTERS:
+            raise EdgecallError(f"unknown kit {kit!r} (known: {', '.join(sorted(KIT_ADAPTERS))})")
+        self.kit, self.window, self.max_error = kit, window, max_error
         self.reads = self.trimmed = self.bases = 0
 
     def __call__(self, r: CalledRead) -> CalledRead:
         """The read with its adapter (if found) cut off."""
         self.reads += 1
-        hit = find_adapter(r.sequence, adapters_for(r.run.sequencing_kit),
+        hit = find_adapter(r.sequence, adapters_for(self.kit or r.run.sequencing_kit),
                            window=self.window, max_error=self.max_error)
         if hit is None or hit.end >= len(r.sequence):
             return r

@@ -100,3 +100,17 @@ def test_pipeline_trims_the_adapter_from_the_signal(tiny_model: Path, tmp_path: 
     with pysam.AlignmentFile(str(tmp_path / "k.sam"), check_sq=False) as f:
         assert all(a.query_sequence.startswith(trim.ADAPTERS["y_adapter"])
                    and a.get_tag("ts") == 0 for a in f.fetch(until_eof=True))
+
+
+def test_kit_name_overrides_the_reads_kit() -> None:
+    import dataclasses
+
+    from edgecall.errors import EdgecallError
+
+    body = _rand(np.random.default_rng(4), 200)
+    r = dataclasses.replace(_called(trim.ADAPTERS["y_adapter"] + body),
+                            run=RunMeta(sequencing_kit="sqk-rad004"))
+    assert trim.Trimmer()(r).sequence == r.sequence  # RAD004's adapter is not there
+    assert trim.Trimmer(kit="SQK-LSK109")(r).sequence == body
+    with pytest.raises(EdgecallError, match="unknown kit 'SQK-XYZ'"):
+        trim.Trimmer(kit="SQK-XYZ")

@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-trim", action="store_true",
                    help="keep the sequencing adapter at read starts (default: found with edlib "
                         "and cut off; ts:i says how many samples)")
+    p.add_argument("--kit-name", help="sequencing kit whose adapter is trimmed, e.g. "
+                   "SQK-LSK114 (default: each read's kit from the pod5 run info)")
     p.add_argument("--emit-summary", action="store_true",
                    help="also write sequencing_summary.txt (dorado's columns) beside -o")
     p.add_argument("--skip-bad", action="store_true",
@@ -223,7 +225,8 @@ def _call(args: argparse.Namespace, output: str | None, report: Any) -> Any:
         variant=args.variant, command_line=shlex.join(["edgecall", *sys.argv[1:]]),
         on_failure=report, min_samples=args.min_samples, emit_moves=args.emit_moves,
         min_qscore=args.min_qscore, fail_output=args.fail_output, force=args.force,
-        resume_from=args.resume_from, skip_bad=args.skip_bad, trim_adapters=not args.no_trim)
+        resume_from=args.resume_from, skip_bad=args.skip_bad, trim_adapters=not args.no_trim,
+        kit_name=args.kit_name or "")
 
 
 @contextlib.contextmanager
