@@ -46,6 +46,15 @@ TARGETCALL = "r9.4.1/peers/targetcall"
 R10_CONFIGS = "r10.4.1/dorado_model_configs"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: LSTMs on a busy 2-core machine otherwise spin for minutes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- helpers
 
 def _save_tensor(path: Path, t: torch.Tensor) -> None:
