@@ -319,6 +319,23 @@ def test_synthetic_model_exports(tmp_path: Path) -> None:
     assert ort_run(ort_session(path), x)[0].shape == (333, 16 * 5)
 
 
+def test_bonito_state_dict_equals_dorado_tensors(tmp_path: Path) -> None:
+    """The same weights as a bonito weights_N.tar (keys encoder.<i>.) build the same network."""
+    dorado_dir = _write_synthetic(tmp_path / "dna_r9.4.1_a", SMALL_CFG)
+    cfg = tomllib.loads(SMALL_CFG)
+    named = zip(config_tensor_shapes(cfg, dorado=True), config_tensor_shapes(cfg, dorado=False),
+                strict=True)
+    sd = {b: torch.from_numpy(load_tensor(dorado_dir / f"{d}.tensor")) for d, b in named}
+    bonito_dir = tmp_path / "dna_r9.4.1_b"
+    bonito_dir.mkdir()
+    (bonito_dir / "config.toml").write_text(SMALL_CFG)
+    torch.save(sd, bonito_dir / "weights_1.tar")
+    x = [np.random.default_rng(2).standard_normal(300).astype(np.float32)]
+    a = torch_run(load_model_folder(dorado_dir).model, x)[0]
+    b = torch_run(load_model_folder(bonito_dir).model, x)[0]
+    np.testing.assert_array_equal(a, b)
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 def test_bad_inputs_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

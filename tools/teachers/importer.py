@@ -167,7 +167,7 @@ def card_dict(imp: Imported, name: str, *, pore: str, rate: int, norm: dict[str,
     cfg = imp.config
     basecaller = cfg.get("basecaller", {})
     if imp.decoder == "crf":
-        chunk = int(basecaller.get("chunksize", 10000))
+        chunk = int(basecaller.get("chunksize", 10000))  # dorado's defaults when absent
         overlap = int(basecaller.get("overlap", 500))
     else:
         chunk, overlap = 4000, 500
