@@ -440,6 +440,19 @@ def _uncallable(files: Sequence[Path], read_ids: set[str] | None, summary: RunSu
     return summary
 
 
+def _vetted(files: Sequence[Path], summary: RunSummary, on_failure: Any) -> list[Path]:
+    """The files, less (and reporting) those that crash the pod5 library (io.vet)."""
+    from edgecall.io.vet import crashers
+
+    bad = crashers(files)
+    for path, reason in bad.items():
+        fail = Failed(str(path), "", reason)
+        summary.failed.append(fail)
+        if on_failure is not None:
+            on_failure(fail)
+    return [p for p in files if p not in bad]
+
+
 def _check_output(output: str | Path | None) -> None:
     """Refuse an output that is a folder before any work is done; clear dead runs' temps."""
     if output is None or str(output) == "-":
@@ -462,7 +475,7 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
              min_qscore: float = 0.0, fail_output: str | Path | None = None,
              force: bool = True, resume_from: str | Path | None = None,
              skip_bad: bool = False, trim_adapters: bool = False,
-             kit_name: str = "") -> RunSummary:
+             kit_name: str = "", vet: bool = False) -> RunSummary:
     """Basecall pod5 files into one FASTQ/SAM/BAM output.
 
     Parameters
@@ -493,6 +506,10 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
         Write the output even if some input was bad. Otherwise a bad file or read
         (not a short read) leaves the output file unwritten (``discarded``), so no
         file that errored ever has its reads renamed into place.
+    vet : bool
+        First read every input in a child process (:mod:`edgecall.io.vet`), so a file
+        that crashes the pod5 library is reported as corrupt instead of killing this
+        process (the command line does; costs an interpreter start and a read).
 
     Returns
     -------
@@ -501,6 +518,8 @@ def basecall(inputs: Sequence[str | Path], output: str | Path | None = None, *,
     t0 = time.perf_counter()
     files = find_pod5(inputs, recursive=recursive)
     summary = RunSummary(files=len(files), output=str(output or "-"))
+    if vet:
+        files = _vetted(files, summary, on_failure)
     # --resume-from first: _check_output deletes dead runs' temporary files, and after a
     # kill -9 the file to resume from is one (Resume.scan moves it out of the way)
     resume = Resume.scan(resume_from) if resume_from else None

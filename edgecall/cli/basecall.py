@@ -226,7 +226,7 @@ def _call(args: argparse.Namespace, output: str | None, report: Any) -> Any:
         on_failure=report, min_samples=args.min_samples, emit_moves=args.emit_moves,
         min_qscore=args.min_qscore, fail_output=args.fail_output, force=args.force,
         resume_from=args.resume_from, skip_bad=args.skip_bad, trim_adapters=not args.no_trim,
-        kit_name=args.kit_name or "")
+        kit_name=args.kit_name or "", vet=True)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ from edgecall.daemon.journal import FileEntry, Journal, journal_path, safe_text
 from edgecall.daemon.systemd import Heartbeat, Notifier
 from edgecall.daemon.watcher import Candidate, Signature, Watcher
 from edgecall.errors import EdgecallError
+from edgecall.io.vet import crashers
 from edgecall.types import CalledRead, Failed, Read
 
 log = logging.getLogger(__name__)
@@ -422,6 +423,9 @@ class Service:
         snap = self._snapshots / f"{key}.pod5"
         try:
             files.snapshot(src, snap, ident)
+            crashed = crashers([snap]).get(snap)
+            if crashed is not None:  # it would have taken the daemon down with it
+                raise _CorruptInput(_naming(_named(crashed, snap, src), src))
             if self._caller is None:
                 self._load(self._probe_read(snap, src))
             out.parent.mkdir(parents=True, exist_ok=True)
