@@ -360,3 +360,33 @@ print("alive" if s._thread.is_alive() else "dead")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert r.stdout.strip() == "alive", r.stderr[-2000:]
+
+
+def test_newline_in_a_file_name_cannot_forge_log_lines(tmp_path: Path) -> None:
+    """Defect 12 (part): a watched file named 'x\\nERROR ...' forged a log line."""
+    import io
+    import logging
+
+    from edgecall.daemon.service import OneLineLogs
+
+    cfg = _config(tmp_path)
+    cfg.watch.mkdir(parents=True)
+    evil = "bad\n2026-12-03 ERROR edgecall: forged.pod5"
+    (cfg.watch / evil).write_bytes(b"not a pod5 file")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(OneLineLogs())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level, root.level = root.level, logging.INFO
+    try:
+        _service(cfg, EchoCaller()).run()
+    finally:
+        root.removeHandler(handler)
+        root.level = old_level
+    lines = stream.getvalue().splitlines()
+    assert not [ln for ln in lines if ln.startswith("2026-12-03 ERROR")], lines
+    assert any("bad\\n2026-12-03 ERROR edgecall: forged.pod5" in ln for ln in lines), lines
+    with Journal(journal_path(cfg.state)) as j:
+        (entry,) = list(j.entries())
+    assert entry.state == "quarantined" and "\n" not in entry.reason

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the daemon; returns the exit code (0 after SIGTERM/SIGINT or --once)."""
     import logging
 
-    from edgecall.daemon.service import ServeConfig, serve
+    from edgecall.daemon.service import OneLineLogs, ServeConfig, serve
     from edgecall.errors import EdgecallError
 
     if args.watch is None or args.output is None:
@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if not root.handlers:
         logging.basicConfig(stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:  # file names from the watch folder cannot forge lines
+        handler.addFilter(OneLineLogs())
     root.setLevel(min(root.level or level, level))
     for name in ("poll_interval", "settle", "telemetry_interval"):
         if getattr(args, name) < 0:

@@ -108,9 +108,14 @@ def decode_name(value: str | bytes) -> str:
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
 def safe_text(text: str) -> str:
-    """``text`` with undecodable bytes shown as ``\\xNN`` (storable, printable)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``text`` on one line: undecodable bytes and control characters (a newline in a
+    file name, say) shown as ``\\xNN``/``\\n``, so it is storable and cannot forge lines."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return raw.translate(_CONTROL)
 
 
 def _entry(row: tuple) -> FileEntry:

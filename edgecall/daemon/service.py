@@ -649,6 +649,22 @@ class Service:
             log.warning("%s: cannot append telemetry: %s", path, exc.strerror or exc)
 
 
+class OneLineLogs(logging.Filter):
+    """Show string arguments of log records on one line (see ``journal.safe_text``).
+
+    Watched file names come from whoever writes the watch folder; one with a
+    newline in it must not be able to forge a log line. Tracebacks are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Escape the record's string arguments; never drops a record."""
+        if isinstance(record.args, tuple):
+            record.args = tuple(safe_text(a) if isinstance(a, str) else
+                                safe_text(str(a)) if isinstance(a, Path) else a
+                                for a in record.args)
+        return True
+
+
 def _identify(path: Path) -> files.Identity | None:
     """The content identity of ``path``, or None if it cannot be read now."""
     try:
