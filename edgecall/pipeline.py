@@ -138,8 +138,14 @@ class Basecaller:
         x, shift, scale = signal.prepare_scaled(read, self.card.norm, self.card.sample_rate)
         starts = signal.chunk_starts(x.shape[0], self.chunk_size, self.overlap,
                                      self.card.stride)
-        chunks = np.stack([c.signal for c in signal.chunk_read(
-            read.read_id, x, self.chunk_size, self.overlap, self.card.stride)])
+        if self.card.decoder == "crf" and x.shape[0] < self.chunk_size:
+            # recurrent (LSTM) networks carry zero padding into every frame: a read
+            # shorter than a chunk runs at its own length (padded to the stride only)
+            n = -(-int(x.shape[0]) // self.card.stride) * self.card.stride
+            chunks = np.pad(x, (0, n - x.shape[0]))[None, :].astype(np.float32, copy=False)
+        else:
+            chunks = np.stack([c.signal for c in signal.chunk_read(
+                read.read_id, x, self.chunk_size, self.overlap, self.card.stride)])
         return _Pending(read, starts, int(x.shape[0]), chunks, shift, scale)
 
     def _reader(self, reads: Iterable[Read | Failed], out: queue.Queue, stop: threading.Event
@@ -229,9 +235,13 @@ class Basecaller:
                     todo: list[tuple[_Pending, int]]) -> None:
         """Run the next batch of pending chunks and file the outputs per read."""
         take, todo[:] = todo[:self.batch_size], todo[self.batch_size:]
-        out = self._run_batch([job.chunks[ci] for job, ci in take])
-        for (job, _ci), post in zip(take, out, strict=True):
-            posts[id(job)].append(post)
+        by_len: dict[int, list[tuple[_Pending, int]]] = {}
+        for item in take:  # full chunks batch together; a short read's own length runs alone
+            by_len.setdefault(int(item[0].chunks.shape[1]), []).append(item)
+        for group in by_len.values():
+            out = self._run_batch([job.chunks[ci] for job, ci in group])
+            for (job, _ci), post in zip(group, out, strict=True):
+                posts[id(job)].append(post)
 
     def _emit_ready(self, order: collections.deque, posts: dict[int, list[np.ndarray]],
                     out: queue.Queue, stop: threading.Event) -> None:
