@@ -257,7 +257,7 @@ neon_report() {
 # sdot_in SECTION: sum of innermost-loop sdot/udot counts in one section of the NEON report.
 sdot_in() {
     awk -v sec="$1" '/^## /{on = index($0, sec) > 0}
-        on && /^Totals/ {if (match($0, /sdot\/udot: [0-9]+/)) n += substr($0, RSTART + 12, RLENGTH - 12)}
+        on && /^Totals/ {if (match($0, /sdot\/udot: [0-9]+/)) n += substr($0, RSTART + 11, RLENGTH - 11)}
         END {print n + 0}' "$RUN_DIR/neon_report.md"
 }
 
