@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="journal, telemetry and lock folder (default: OUTPUT/.edgecall)")
     p.add_argument("--model", default=_env("MODEL"),
                    help="model name or folder (default: chosen from the first file's chemistry)")
-    p.add_argument("--engine", default=_env("ENGINE", "auto"),
-                   help="auto (onnx for INT8 files, native for FP32) | onnx | native | tflite")
+    p.add_argument("--engine", default=_env("ENGINE", "onnx"),
+                   help="onnx | auto (onnx for INT8 files, native for FP32) | native | tflite")
     p.add_argument("--variant", default=_env("VARIANT", "main"),
                    help="main (the card's own file) | fp32 | int8 | ...")
     p.add_argument("--threads", type=int, default=_env("THREADS", "0"),

@@ -53,7 +53,7 @@ from edgecall.daemon.journal import FileEntry, Journal, journal_path, safe_text
 from edgecall.daemon.systemd import Heartbeat, Notifier
 from edgecall.daemon.watcher import Candidate, Signature, Watcher
 from edgecall.errors import EdgecallError
-from edgecall.io.vet import crashers
+from edgecall.io.vet import Vetter
 from edgecall.types import CalledRead, Failed, Read
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class ServeConfig:
     output: Path
     state: Path
     model: str | None = None
-    engine: str = "auto"
+    engine: str = "onnx"
     threads: int = 0
     variant: str = "main"
     batch_size: int = 32
@@ -183,6 +183,7 @@ class Service:
         self._backoff_until = 0.0
         self._backoff_seconds = 30.0
         self._requeue = False
+        self._vetter = Vetter()
         self._heartbeat = Heartbeat(self.notifier, self._engine_progress)
         self.exit_reason = ""
 
@@ -292,6 +293,7 @@ class Service:
         if self.http is not None:
             self.http.stop()
         self._probe.close()
+        self._vetter.close()
         if self.journal is not None:
             self.journal.close()
         if self._lockfile is not None:
@@ -423,7 +425,7 @@ class Service:
         snap = self._snapshots / f"{key}.pod5"
         try:
             files.snapshot(src, snap, ident)
-            crashed = crashers([snap]).get(snap)
+            crashed = self._vetter.check(snap)
             if crashed is not None:  # it would have taken the daemon down with it
                 raise _CorruptInput(_naming(_named(crashed, snap, src), src))
             if self._caller is None:

@@ -64,6 +64,44 @@ def crashers(paths: Sequence[Path], timeout: float | None = None) -> dict[Path, 
     return bad
 
 
+class Vetter:
+    """One long-lived child that reads files on request (the daemon's, one per file).
+
+    Saves an interpreter start per file; a child that crashes on a file is
+    replaced for the next one.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def check(self, path: Path) -> str | None:
+        """None if ``path`` is safe to read here, else a one-line reason."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "edgecall.io.vet", "--serve"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env())
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(os.fsencode(path) + b"\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline().strip()
+        except OSError:
+            answer = b""
+        if answer == _OK.encode():
+            return None
+        code = proc.wait()
+        return f"{path}: corrupt pod5 file (the pod5 library crashed reading it: {_how(code)})"
+
+    def close(self) -> None:
+        """Stop the child."""
+        if self._proc is not None and self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait()
+        self._proc = None
+
+
 def _how(returncode: int) -> str:
     """'SIGSEGV' for a child killed by a signal, else 'exit status N'."""
     if returncode < 0:
@@ -75,10 +113,15 @@ def _how(returncode: int) -> str:
 
 
 def _main(args: Sequence[str]) -> int:
-    """Child: read every file as the reader stage would; print 'ok' after each."""
+    """Child: read every file as the reader stage would; print 'ok' after each.
+
+    With ``--serve`` the paths come one per line on stdin, until it closes.
+    """
     from edgecall.io.reader import iter_file, scan_runs
 
-    for arg in args:
+    paths = (os.fsdecode(line.rstrip(b"\n")) for line in sys.stdin.buffer) \
+        if list(args) == ["--serve"] else iter(args)
+    for arg in paths:
         path = Path(arg)
         try:
             scan_runs([path])
