@@ -106,12 +106,19 @@ def onnx_counts(path: Path) -> tuple[int, float, float]:
     gemm_macs = gemm * macs
     shapes = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type in ("LSTM", "GRU", "RNN"):  # W [dirs, gH, I], R [dirs, gH, H]: per frame
+        # recurrent layers (onnxruntime's dynamic INT8 kind too): W and R hold every MAC of a
+        # frame ([dirs, gates*H, I] and [dirs, gates*H, H], transposed in the INT8 op)
+        if node.op_type in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"):
             w, r = shapes.get(node.input[1]), shapes.get(node.input[2])
             if w is not None and r is not None:
                 m = (w[0] * w[1] * w[2] + r[0] * r[1] * r[2]) / stride
                 macs += m
                 gemm_macs += m
+        elif node.op_type == "MatMulInteger":  # dynamic INT8 linear layer, weight [K, N]
+            w = shapes.get(node.input[1])
+            if w is not None:
+                macs += w[0] * w[1] / stride
+                gemm_macs += w[0] * w[1] / stride
     return params, macs, (gemm_macs / macs if macs else 0.0)
 
 
@@ -211,7 +218,8 @@ def plot(cs: list[Contestant], path: Path, eval_set: str) -> None:
                "imported": "tab:red"}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for kind, colour in colours.items():
-        pts = [c for c in cs if c.kind == kind and eval_set in c.identity and c.pi5 > 0]
+        pts = [c for c in cs if c.kind == kind and eval_set in c.identity and c.pi5 > 0
+               and c.identity[eval_set]["mapped"] > 0]
         ax.scatter([c.pi5 for c in pts], [c.identity[eval_set]["median_identity"] for c in pts],
                    c=colour, label=kind, s=40)
         for c in pts:
@@ -224,6 +232,9 @@ def plot(cs: list[Contestant], path: Path, eval_set: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("projected Raspberry Pi 5 samples/s (4 threads, onnxruntime)")
     ax.set_ylabel(f"median identity ({eval_set})")
+    unmapped = [c.label for c in cs if c.identity.get(eval_set, {}).get("mapped", 1) == 0]
+    if unmapped:
+        ax.set_title(f"not shown (no read mapped): {', '.join(unmapped)}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
