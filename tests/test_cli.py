@@ -105,6 +105,16 @@ def test_models_lists_cards(tmp_path: Path) -> None:
     assert r.returncode == 0 and "model_a" in r.stdout and "r9.4.1" in r.stdout
     r = edgecall("models", "--json", env={"EDGECALL_MODELS": str(tmp_path)})
     assert '"name": "model_a"' in r.stdout
+    import json
+
+    from edgecall.models import load_card
+
+    row = json.loads(r.stdout)[0]
+    card = load_card(tmp_path / "a")
+    assert row["size_bytes"] == card.onnx_path.stat().st_size  # the file that runs
+    assert row["folder_bytes"] == sum((card.folder / f).stat().st_size
+                                      for f in [card.file, *card.variants.values()]
+                                      if (card.folder / f).is_file())
 
 
 @pytest.mark.realdata

@@ -30,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
     cards = bundled()
     rows = []
     for c in cards:
-        size = sum((c.folder / f).stat().st_size for f in [c.file, *c.variants.values()]
-                   if (c.folder / f).is_file())
+        size = c.onnx_path.stat().st_size if c.onnx_path.is_file() else 0  # what runs
+        folder = sum((c.folder / f).stat().st_size for f in [c.file, *c.variants.values()]
+                     if (c.folder / f).is_file())
         rows.append({"name": c.name, "default": c.default, "pore": c.pore,
                      "sample_rate": c.sample_rate,
                      "accepted_sample_rates": list(c.accepted_sample_rates),
-                     "size_bytes": size, "variants": c.variant_names,
+                     "size_bytes": size, "folder_bytes": folder, "variants": c.variant_names,
                      "accuracy": c.accuracy, "identity": _identity(c)})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -46,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     vw = max(len("variants"), *(len(",".join(r["variants"])) for r in rows))
     print(f"{'name':28} {'chemistry':10} {'rate (Hz)':12} {'size':>9}  {'variants':{vw}} identity")
+    # size: the model's own file (--variant main), the one edgecall runs by default
     for r in rows:
         rate = "/".join(map(str, r["accepted_sample_rates"]))
         star = "*" if r["default"] else " "
         print(f"{r['name'] + star:28} {r['pore']:10} {rate:12} {r['size_bytes'] / 1e6:7.2f}MB  "
               f"{','.join(r['variants']):{vw}} {r['identity']}")
-    print("* default for its chemistry; the first variant is the model's own file "
-          "(--variant main)")
+    print("* default for its chemistry; size = the model's own file; the first variant is "
+          "that file (--variant main)")
     return 0
